@@ -1,0 +1,56 @@
+# Live Support — the two commands a person needs: `make demo` and `make test`.
+# Both set up what they need on a fresh machine: a virtual environment with the
+# project installed, and the few system libraries Qt needs (installed when we are
+# root, otherwise the exact command to run is printed).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_DIR ?= build/demo
+
+.PHONY: all setup system-libs test lint typecheck imports pytest demo demo-headless clean
+
+all: test
+
+setup: $(STAMP) system-libs
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+system-libs: $(STAMP)
+	@bash scripts/ensure_system_libs.sh $(BIN)/python
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+imports: setup
+	$(BIN)/lint-imports --no-cache
+
+pytest: setup
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck imports pytest
+
+# With a display the windows open; without one the scripted session runs headless
+# and writes a JSON report (and, once the Qt apps exist, screenshots).
+demo: setup
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then \
+		$(BIN)/livesupport demo --out $(DEMO_DIR); \
+	else \
+		$(BIN)/livesupport demo --headless --out $(DEMO_DIR) --report $(DEMO_DIR)/report.json; \
+	fi
+
+demo-headless: setup
+	$(BIN)/livesupport demo --headless --out $(DEMO_DIR) --report $(DEMO_DIR)/report.json
+
+clean:
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
