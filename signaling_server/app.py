@@ -1,0 +1,275 @@
+"""The aiohttp application: REST for login and enrolment, one websocket for all.
+
+Routes (all under TLS):
+
+* ``POST /api/v1/login``      technician password → bearer token
+* ``POST /api/v1/logout``     revoke the bearer token
+* ``POST /api/v1/enrol``      one-time enrolment token + device public key → device id
+* ``POST /api/v1/sessions/{id}/summary``  the technician's structured summary
+* ``GET  /api/v1/health``     liveness and a few counters
+* ``GET  /ws``                the signaling websocket (devices and consoles)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from protocol import identity
+from protocol.codec import MAX_FRAME_BYTES
+from protocol.errors import CloseCode, ErrorCode, ProtocolError
+from protocol.messages import SIGNALING, Error
+from protocol.permissions import Action, allows
+from signaling_server.config import ServerConfig
+from signaling_server.hub import Hub
+from signaling_server.store import Store, StoreError, Technician
+
+log = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", ServerConfig)
+STORE = web.AppKey("store", Store)
+HUB = web.AppKey("hub", Hub)
+FINGERPRINT = web.AppKey("fingerprint", str)
+#: Open websockets, closed with GOING_AWAY on shutdown; handlers remove their own.
+SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])
+
+_SUMMARY_FIELDS = ("summary", "impact", "expected_vs_actual", "evidence", "next_owner")
+
+
+class WebSocketTransport:
+    """Adapts an aiohttp websocket to the hub's Transport protocol."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+
+    async def send_frame(self, frame: str) -> None:
+        if not self.ws.closed:
+            await self.ws.send_str(frame)
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self.ws.closed:
+            await self.ws.close(code=code, message=reason.encode()[:120])
+
+
+def _json_error(status: int, code: ErrorCode, message: str) -> web.Response:
+    return web.json_response({"error": code.value, "message": message}, status=status)
+
+
+async def _json_body(request: web.Request, *fields: str) -> dict[str, str]:
+    if request.content_length is not None and request.content_length > 16 * 1024:
+        raise web.HTTPRequestEntityTooLarge(max_size=16 * 1024, actual_size=request.content_length)
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "bad_frame", "message": "send a JSON object"}),
+            content_type="application/json",
+        )
+    values: dict[str, str] = {}
+    for name in fields:
+        value = body.get(name, "")
+        if not isinstance(value, str) or len(value) > 4000:
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "invalid_field", "message": f"{name} must be text"}),
+                content_type="application/json",
+            )
+        values[name] = value
+    return values
+
+
+async def _bearer(request: web.Request) -> tuple[str, Technician]:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise web.HTTPUnauthorized(
+            text=json.dumps({"error": "unauthenticated", "message": "bearer token needed"}),
+            content_type="application/json",
+        )
+    tech = await request.app[STORE].technician_for_token(token)
+    if tech is None:
+        raise web.HTTPUnauthorized(
+            text=json.dumps({"error": "unauthenticated", "message": "invalid or expired token"}),
+            content_type="application/json",
+        )
+    return token, tech
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await _json_body(request, "username", "password")
+    store = request.app[STORE]
+    config = request.app[CONFIG]
+    try:
+        token, tech = await store.login(
+            body["username"], body["password"], ttl_s=config.technician_token_ttl_s
+        )
+    except StoreError as exc:
+        await store.audit(body["username"][:64], "login", outcome="failed")
+        return _json_error(401, ErrorCode.UNAUTHENTICATED, str(exc))
+    await store.audit(tech.id, "login")
+    return web.json_response(
+        {
+            "token": token,
+            "technician_id": tech.id,
+            "display_name": tech.display_name,
+            "role": tech.role.value,
+            "expires_in_s": config.technician_token_ttl_s,
+        }
+    )
+
+
+async def logout(request: web.Request) -> web.Response:
+    token, tech = await _bearer(request)
+    await request.app[STORE].revoke_token(token)
+    await request.app[STORE].audit(tech.id, "logout")
+    return web.json_response({"ok": True})
+
+
+async def enrol(request: web.Request) -> web.Response:
+    body = await _json_body(request, "token", "public_key", "name", "model", "os")
+    store = request.app[STORE]
+    try:
+        identity.load_public_key(body["public_key"])
+    except ProtocolError:
+        return _json_error(400, ErrorCode.INVALID_FIELD, "public_key: not an Ed25519 key")
+    name = body["name"].strip() or "Unnamed device"
+    if len(name) > 128 or len(body["model"]) > 128 or len(body["os"]) > 128:
+        return _json_error(400, ErrorCode.TOO_LARGE, "name, model and os: 128 characters each")
+    try:
+        device = await store.enrol_device(
+            body["token"],
+            public_key=body["public_key"],
+            name=name,
+            model=body["model"],
+            os=body["os"],
+        )
+    except StoreError as exc:
+        await store.audit("anonymous", "enrol", outcome="refused", why=str(exc))
+        return _json_error(403, ErrorCode.EXPIRED, str(exc))
+    await store.audit(device.id, "enrol", target=device.group_id)
+    return web.json_response(
+        {
+            "device_id": device.id,
+            "group_id": device.group_id,
+            "server_fingerprint": request.app[FINGERPRINT],
+        }
+    )
+
+
+async def session_summary(request: web.Request) -> web.Response:
+    _, tech = await _bearer(request)
+    if not allows(tech.role, Action.WRITE_SUMMARY):
+        return _json_error(403, ErrorCode.FORBIDDEN, "your role may not write summaries")
+    session_id = request.match_info["session_id"]
+    store = request.app[STORE]
+    row = await store.session(session_id)
+    if row is None or row.technician_id != tech.id:
+        return _json_error(404, ErrorCode.NOT_FOUND, "no such session of yours")
+    if row.closed_at_ms is None:
+        return _json_error(409, ErrorCode.BAD_STATE, "close the session first")
+    body = await _json_body(request, *_SUMMARY_FIELDS)
+    if not body["summary"].strip():
+        return _json_error(400, ErrorCode.INVALID_FIELD, "summary: required")
+    await store.update_session(session_id, summary=json.dumps(body, sort_keys=True))
+    await store.audit(tech.id, "session.summary", target=row.device_id, session_id=session_id)
+    return web.json_response({"ok": True})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", **request.app[HUB].stats()})
+
+
+def _origin_allowed(request: web.Request) -> bool:
+    """Native clients send no Origin. A browser page from elsewhere must not ride on
+    a user's network position to reach the socket (cross-site websocket hijacking)."""
+    origin = request.headers.get("Origin")
+    return origin is None or origin == f"{request.scheme}://{request.host}"
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    if not _origin_allowed(request):
+        return _json_error(403, ErrorCode.FORBIDDEN, "foreign Origin refused")
+    config = request.app[CONFIG]
+    hub = request.app[HUB]
+    # Per-message compression is off: it costs hundreds of KiB per connection and
+    # signaling frames are small.
+    ws = web.WebSocketResponse(
+        heartbeat=config.heartbeat_s,
+        max_msg_size=MAX_FRAME_BYTES,
+        compress=False,
+    )
+    await ws.prepare(request)
+    request.app[SOCKETS].add(ws)
+    conn = await hub.connect(WebSocketTransport(ws), request.remote or "?")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.auth_timeout_s
+    try:
+        while not ws.closed:
+            timeout = None if conn.role is not None else max(0.0, deadline - loop.time())
+            try:
+                msg = await ws.receive(timeout=timeout)
+            except TimeoutError:
+                await ws.close(code=CloseCode.AUTH_TIMEOUT, message=b"authenticate in time")
+                break
+            if msg.type is WSMsgType.TEXT:
+                await hub.handle_frame(conn, msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                frame = SIGNALING.encode(
+                    Error(code=ErrorCode.BAD_FRAME, message="binary frames are not accepted")
+                )
+                await ws.send_str(frame)
+            elif msg.type is WSMsgType.ERROR:
+                # Typically an oversized frame: aiohttp closes with 1009 itself.
+                log.info("websocket error from %s: %s", request.remote, ws.exception())
+                break
+            else:  # CLOSE, CLOSING, CLOSED
+                break
+    finally:
+        request.app[SOCKETS].discard(ws)
+        await hub.disconnect(conn)
+    return ws
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    yield
+    open_sockets = app[SOCKETS]
+    for ws in list(open_sockets):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+    await app[HUB].shutdown()
+    await app[STORE].close()
+
+
+@dataclass
+class ServerParts:
+    app: web.Application
+    store: Store
+    hub: Hub
+
+
+def make_app(config: ServerConfig, store: Store, fingerprint: str) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    hub = Hub(store, config, fingerprint)
+    app[CONFIG] = config
+    app[STORE] = store
+    app[HUB] = hub
+    app[FINGERPRINT] = fingerprint
+    app[SOCKETS] = set()
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_post("/api/v1/login", login)
+    app.router.add_post("/api/v1/logout", logout)
+    app.router.add_post("/api/v1/enrol", enrol)
+    app.router.add_post("/api/v1/sessions/{session_id}/summary", session_summary)
+    app.router.add_get("/api/v1/health", health)
+    app.router.add_get("/ws", websocket)
+    return app
+
+
+def describe(app: web.Application) -> dict[str, Any]:
+    return {"fingerprint": app[FINGERPRINT], **app[HUB].stats()}

@@ -1,0 +1,1011 @@
+"""The heart of the signaling server: connections, presence, sessions and routing.
+
+The hub knows nothing of aiohttp: a connection is anything with ``send_frame`` and
+``close`` (see :class:`Transport`), so the rules here are tested with real websockets
+and could serve another transport unchanged. Every frame a client sends goes through
+:meth:`Hub.handle_frame`: decoded strictly, rate-limited, authorized against the
+permission table, checked against the session state machine, and only then acted on.
+Any refusal is an ``error`` frame to the sender; nothing else is disturbed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from protocol import identity
+from protocol.codec import Message, Sender
+from protocol.enums import (
+    CloseReason,
+    DeviceAck,
+    LiveSupportStatus,
+    Mode,
+    NotificationState,
+    RejectReason,
+    Role,
+    SdpType,
+    SessionState,
+    derive_status,
+)
+from protocol.errors import CloseCode, ErrorCode, LocalProtocolError, ProtocolError
+from protocol.messages import (
+    SIGNALING,
+    AuthChallenge,
+    AuthDevice,
+    AuthOk,
+    AuthTechnician,
+    CallConnected,
+    CallHangup,
+    DeviceInfo,
+    DevicesSnapshot,
+    DevicesSubscribe,
+    DeviceStatus,
+    DevicesUnsubscribe,
+    DeviceUpdate,
+    Error,
+    NotifyAck,
+    NotifyAnswer,
+    NotifyDeliver,
+    NotifySend,
+    NotifySent,
+    NotifyUpdate,
+    Ok,
+    SessionAccept,
+    SessionClose,
+    SessionConsent,
+    SessionInvite,
+    SessionReject,
+    SessionResume,
+    SessionStart,
+    SessionUpdate,
+    SignalCandidate,
+    SignalSdp,
+    StatusReport,
+    TechnicianCard,
+)
+from protocol.permissions import REQUIRED_ACTION, authorize, in_scope
+from protocol.session import Party, SessionEvent, SessionMachine
+from signaling_server.config import ServerConfig
+from signaling_server.store import Device, SessionRow, Store, Technician, new_id, now_ms
+
+log = logging.getLogger(__name__)
+
+#: Modes offered for a requested mode: video can be taken as voice or text, voice as text.
+_OFFERED: dict[Mode, tuple[Mode, ...]] = {
+    Mode.TEXT: (Mode.TEXT,),
+    Mode.VOICE: (Mode.VOICE, Mode.TEXT),
+    Mode.VIDEO: (Mode.VIDEO, Mode.VOICE, Mode.TEXT),
+}
+
+#: Notification states only move forward.
+_NOTE_RANK = {
+    NotificationState.SENT: 0,
+    NotificationState.DELIVERED: 1,
+    NotificationState.READ: 2,
+    NotificationState.ANSWERED: 3,
+    NotificationState.EXPIRED: 4,
+}
+
+
+class Transport(Protocol):
+    """What the hub needs of a connection."""
+
+    async def send_frame(self, frame: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class TokenBucket:
+    """Per-connection rate limit: ``rate`` messages a second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+_conn_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Connection:
+    transport: Transport
+    address: str
+    bucket: TokenBucket
+    conn_id: int = field(default_factory=lambda: next(_conn_ids))
+    nonce: str = field(default_factory=lambda: identity.b64encode(secrets.token_bytes(32)))
+    role: Role | None = None
+    principal_id: str = ""
+    technician: Technician | None = None
+    device: Device | None = None
+    subscribed: bool = False
+    violations: int = 0
+    closed: bool = False
+
+    @property
+    def sender(self) -> Sender:
+        if self.role is Role.DEVICE:
+            return Sender.DEVICE
+        if self.role is None:
+            return Sender.CLIENT
+        return Sender.CONSOLE
+
+    @property
+    def party(self) -> Party:
+        return Party.DEVICE if self.role is Role.DEVICE else Party.TECHNICIAN
+
+
+@dataclass(eq=False)
+class LiveSession:
+    """A session the hub is running. Metadata only: no chat passes through here."""
+
+    id: str
+    technician: Technician
+    device_id: str
+    device_group: str
+    mode: Mode
+    offered_modes: tuple[Mode, ...]
+    reason: str
+    created_at_ms: int
+    machine: SessionMachine = field(default_factory=SessionMachine)
+    accepted_mode: Mode | None = None
+    accepted_at_ms: int | None = None
+    offer_fingerprint: str | None = None
+    answer_fingerprint: str | None = None
+    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+
+    def cancel_timer(self, name: str) -> None:
+        handle = self.timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+
+Handler = Callable[[Connection, Any], Awaitable[None]]
+
+
+class Hub:
+    def __init__(self, store: Store, config: ServerConfig, server_fingerprint: str) -> None:
+        self.store = store
+        self.config = config
+        self.server_fingerprint = server_fingerprint
+        self.connections: set[Connection] = set()
+        self.devices_online: dict[str, Connection] = {}
+        self.consoles: dict[str, set[Connection]] = {}  # technician id -> connections
+        self.sessions: dict[str, LiveSession] = {}
+        self.device_sessions: dict[str, str] = {}  # device id -> its one live session
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers: dict[type[Message], Handler] = {
+            StatusReport: self._on_status_report,
+            DevicesSubscribe: self._on_subscribe,
+            DevicesUnsubscribe: self._on_unsubscribe,
+            SessionStart: self._on_session_start,
+            SessionAccept: self._on_session_accept,
+            SessionReject: self._on_session_reject,
+            SessionConsent: self._on_session_consent,
+            SessionResume: self._on_session_resume,
+            SessionClose: self._on_session_close,
+            CallConnected: self._on_call_connected,
+            CallHangup: self._on_call_hangup,
+            SignalSdp: self._on_signal,
+            SignalCandidate: self._on_signal,
+            NotifySend: self._on_notify_send,
+            NotifyAck: self._on_notify_ack,
+            NotifyAnswer: self._on_notify_answer,
+        }
+        self.metrics: dict[str, int] = {"frames_in": 0, "frames_refused": 0, "frames_out": 0}
+
+    # -- connection lifecycle -------------------------------------------------------
+
+    async def connect(self, transport: Transport, address: str) -> Connection:
+        conn = Connection(
+            transport, address, TokenBucket(self.config.rate_per_s, self.config.rate_burst)
+        )
+        self.connections.add(conn)
+        await self.send(
+            conn,
+            AuthChallenge(
+                nonce=conn.nonce,
+                server_time_ms=now_ms(),
+                server_fingerprint=self.server_fingerprint,
+            ),
+        )
+        return conn
+
+    async def disconnect(self, conn: Connection) -> None:
+        conn.closed = True
+        self.connections.discard(conn)
+        if conn.role is Role.DEVICE and conn.device is not None:
+            device_id = conn.device.id
+            if self.devices_online.get(device_id) is conn:
+                del self.devices_online[device_id]
+                self._start_grace(device_id=device_id, lost=Party.DEVICE)
+                await self._store_call(self.store.touch_device(device_id))
+                await self._fan_out_device(device_id)
+        elif conn.technician is not None:
+            tech_id = conn.technician.id
+            conns = self.consoles.get(tech_id, set())
+            conns.discard(conn)
+            if not conns:
+                self.consoles.pop(tech_id, None)
+                for session in list(self.sessions.values()):
+                    if session.technician.id == tech_id:
+                        self._start_grace(session=session, lost=Party.TECHNICIAN)
+
+    async def shutdown(self) -> None:
+        for session in self.sessions.values():
+            for handle in session.timers.values():
+                handle.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- frames in and out ----------------------------------------------------------
+
+    async def send(self, conn: Connection, message: Message) -> None:
+        if conn.closed:
+            return
+        frame = SIGNALING.encode(message)
+        self.metrics["frames_out"] += 1
+        try:
+            await conn.transport.send_frame(frame)
+        except (ConnectionError, RuntimeError) as exc:
+            # The socket went away under us; its reader will unregister it.
+            log.debug("send to connection %s failed: %s", conn.conn_id, exc)
+
+    async def _refuse(self, conn: Connection, error: ProtocolError, rid: int | None) -> None:
+        self.metrics["frames_refused"] += 1
+        await self.send(conn, Error(code=error.code, message=error.message[:500], rid=rid))
+
+    async def handle_frame(self, conn: Connection, frame: str | bytes) -> None:
+        """Everything a client sends comes through here."""
+        self.metrics["frames_in"] += 1
+        if not conn.bucket.take():
+            conn.violations += 1
+            if conn.violations >= self.config.max_rate_violations:
+                await conn.transport.close(CloseCode.RATE_LIMITED, "too many messages")
+                return
+            await self._refuse(
+                conn, LocalProtocolError(ErrorCode.RATE_LIMITED, "slow down"), rid=None
+            )
+            return
+        rid: int | None = None
+        try:
+            message = SIGNALING.decode(frame, conn.sender)
+            rid = message.rid
+            if conn.role is None:
+                await self._authenticate(conn, message)
+                return
+            action = REQUIRED_ACTION.get(type(message))
+            if action is None:
+                raise LocalProtocolError(
+                    ErrorCode.UNKNOWN_TYPE, f"{message.TYPE!r} is not a request"
+                )
+            try:
+                authorize(conn.role, action)
+            except ProtocolError as denial:
+                await self._audit_denial(conn, message, denial)
+                raise
+            await self._handlers[type(message)](conn, message)
+        except ProtocolError as error:
+            if error.close_code is not None:
+                await self._refuse(conn, error, rid)
+                await conn.transport.close(error.close_code, error.code.value)
+                return
+            await self._refuse(conn, error, rid)
+        else:
+            conn.violations = 0
+
+    async def _audit_denial(
+        self, conn: Connection, message: Message, denial: ProtocolError
+    ) -> None:
+        target = getattr(message, "device_id", "") or getattr(message, "session_id", "")
+        await self._store_call(
+            self.store.audit(
+                conn.principal_id,
+                message.TYPE,
+                target=str(target),
+                outcome=denial.code.value,
+                role=conn.role.value if conn.role else None,
+            )
+        )
+
+    async def _store_call(self, awaitable: Awaitable[Any]) -> Any:
+        """Store writes whose failure must not take the connection down with it."""
+        try:
+            return await awaitable
+        except Exception:
+            log.exception("store write failed")
+            return None
+
+    # -- authentication -------------------------------------------------------------
+
+    async def _authenticate(self, conn: Connection, message: Message) -> None:
+        fail = CloseCode.AUTH_FAILED
+        if isinstance(message, AuthDevice):
+            device = await self.store.device(message.device_id)
+            if device is None:
+                raise LocalProtocolError(
+                    ErrorCode.UNAUTHENTICATED, "unknown device", close_code=fail
+                )
+            if device.revoked:
+                await self.store.audit(device.id, "auth.device", outcome="revoked")
+                raise LocalProtocolError(
+                    ErrorCode.REVOKED, "this device was revoked", close_code=CloseCode.REVOKED
+                )
+            try:
+                identity.verify_challenge(
+                    identity.load_public_key(device.public_key),
+                    message.signature,
+                    nonce_b64=conn.nonce,
+                    device_id=device.id,
+                    server_fingerprint=self.server_fingerprint,
+                )
+            except ProtocolError as exc:
+                await self.store.audit(device.id, "auth.device", outcome="bad_signature")
+                raise LocalProtocolError(exc.code, exc.message, close_code=fail) from None
+            # Each nonce signs one login only: a replayed answer meets a fresh nonce.
+            conn.nonce = ""
+            conn.role = Role.DEVICE
+            conn.principal_id = device.id
+            conn.device = device
+            previous = self.devices_online.get(device.id)
+            self.devices_online[device.id] = conn
+            if previous is not None:
+                await previous.transport.close(CloseCode.REPLACED, "connected again elsewhere")
+            self._cancel_grace(device_id=device.id)
+            await self.send(
+                conn,
+                AuthOk(
+                    principal_id=device.id,
+                    role=Role.DEVICE,
+                    display_name=device.name,
+                    heartbeat_s=int(self.config.heartbeat_s),
+                    invite_timeout_s=max(1, int(self.config.invite_timeout_s)),
+                    rid=message.rid,
+                ),
+            )
+            await self._send_device_status(device.id)
+            await self._fan_out_device(device.id)
+            await self._deliver_pending(conn)
+            await self._resend_session_state(conn)
+            return
+        if isinstance(message, AuthTechnician):
+            tech = await self.store.technician_for_token(message.token)
+            if tech is None:
+                raise LocalProtocolError(
+                    ErrorCode.UNAUTHENTICATED, "invalid or expired token", close_code=fail
+                )
+            conn.role = tech.role
+            conn.principal_id = tech.id
+            conn.technician = tech
+            conn.nonce = ""
+            self.consoles.setdefault(tech.id, set()).add(conn)
+            for session in self.sessions.values():
+                if session.technician.id == tech.id:
+                    session.cancel_timer("technician_grace")
+            await self.send(
+                conn,
+                AuthOk(
+                    principal_id=tech.id,
+                    role=tech.role,
+                    display_name=tech.display_name,
+                    heartbeat_s=int(self.config.heartbeat_s),
+                    invite_timeout_s=max(1, int(self.config.invite_timeout_s)),
+                    rid=message.rid,
+                ),
+            )
+            await self._resend_session_state(conn)
+            return
+        raise LocalProtocolError(ErrorCode.UNAUTHENTICATED, "authenticate first")
+
+    # -- device status --------------------------------------------------------------
+
+    def _device_status(self, device: Device) -> LiveSupportStatus:
+        session_id = self.device_sessions.get(device.id)
+        session = self.sessions.get(session_id) if session_id else None
+        return derive_status(
+            service_installed=device.service_installed,
+            service_enabled=device.service_enabled,
+            policy_enabled=device.policy_enabled,
+            session_open=session is not None and session.machine.is_open,
+        )
+
+    @staticmethod
+    def _allowed_modes(device: Device) -> tuple[Mode, ...]:
+        return tuple(m for m in Mode if m in device.policy_modes and m in device.chat_services)
+
+    def _device_info(self, device: Device) -> DeviceInfo:
+        return DeviceInfo(
+            device_id=device.id,
+            name=device.name,
+            group_id=device.group_id,
+            group_name=device.group_name,
+            model=device.model,
+            os=device.os,
+            status=self._device_status(device),
+            online=device.id in self.devices_online,
+            last_seen_ms=device.last_seen_ms,
+            allowed_modes=self._allowed_modes(device),
+            public_key=device.public_key,
+            session_id=self.device_sessions.get(device.id),
+        )
+
+    async def _send_device_status(self, device_id: str) -> None:
+        conn = self.devices_online.get(device_id)
+        if conn is None or conn.device is None:
+            return
+        device = conn.device
+        await self.send(
+            conn,
+            DeviceStatus(
+                status=self._device_status(device),
+                policy_enabled=device.policy_enabled,
+                allowed_modes=self._allowed_modes(device),
+                session_id=self.device_sessions.get(device_id),
+            ),
+        )
+
+    async def _fan_out_device(self, device_id: str) -> None:
+        """Tell every subscribed console that can see this device how it is now."""
+        device = await self.store.device(device_id)
+        if device is None:
+            return
+        update = DeviceUpdate(device=self._device_info(device))
+        for conns in self.consoles.values():
+            for conn in conns:
+                tech = conn.technician
+                visible = tech is not None and in_scope(tech.role, tech.groups, device.group_id)
+                if conn.subscribed and visible:
+                    await self.send(conn, update)
+
+    async def _on_status_report(self, conn: Connection, msg: StatusReport) -> None:
+        assert conn.device is not None
+        await self.store.update_device_report(
+            conn.device.id,
+            service_installed=msg.service_installed,
+            service_enabled=msg.service_enabled,
+            chat_services=msg.chat_services,
+            name=msg.name,
+            model=msg.model,
+            os=msg.os,
+        )
+        device = await self.store.device(conn.device.id)
+        assert device is not None
+        conn.device = device
+        # A service switched off during a session ends it: the user withdrew consent.
+        session = self._session_of_device(device.id)
+        if session is not None and not (msg.service_installed and msg.service_enabled):
+            await self._end_session(session, CloseReason.SERVICE_DISABLED, Party.SERVER)
+        await self.send(conn, Ok(rid=msg.rid))
+        await self._send_device_status(device.id)
+        await self._fan_out_device(device.id)
+
+    async def _on_subscribe(self, conn: Connection, msg: DevicesSubscribe) -> None:
+        tech = conn.technician
+        assert tech is not None
+        groups = None if tech.role is Role.ADMIN else sorted(tech.groups)
+        devices = await self.store.devices(groups)
+        conn.subscribed = True
+        snapshot = DevicesSnapshot(
+            devices=tuple(self._device_info(d) for d in devices if not d.revoked), rid=msg.rid
+        )
+        await self.send(conn, snapshot)
+
+    async def _on_unsubscribe(self, conn: Connection, msg: DevicesUnsubscribe) -> None:
+        conn.subscribed = False
+        await self.send(conn, Ok(rid=msg.rid))
+
+    # -- sessions -------------------------------------------------------------------
+
+    def _session_of_device(self, device_id: str) -> LiveSession | None:
+        session_id = self.device_sessions.get(device_id)
+        return self.sessions.get(session_id) if session_id else None
+
+    def _member_session(self, conn: Connection, session_id: str) -> LiveSession:
+        """The session, if ``conn`` is one of its two members; NOT_FOUND otherwise, so
+        that an outsider learns nothing about sessions that are not theirs."""
+        session = self.sessions.get(session_id)
+        if session is not None:
+            if conn.role is Role.DEVICE and conn.device and conn.device.id == session.device_id:
+                return session
+            if conn.technician is not None and conn.technician.id == session.technician.id:
+                return session
+        raise LocalProtocolError(ErrorCode.NOT_FOUND, f"no session {session_id!r} of yours")
+
+    def _update(self, session: LiveSession, **extra: Any) -> SessionUpdate:
+        return SessionUpdate(
+            session_id=session.id,
+            device_id=session.device_id,
+            technician_id=session.technician.id,
+            state=session.machine.state,
+            mode=session.accepted_mode or session.mode,
+            **extra,
+        )
+
+    async def _to_technician(self, session: LiveSession, message: Message) -> None:
+        for conn in list(self.consoles.get(session.technician.id, ())):
+            await self.send(conn, message)
+
+    async def _to_device(self, session: LiveSession, message: Message) -> None:
+        conn = self.devices_online.get(session.device_id)
+        if conn is not None:
+            await self.send(conn, message)
+
+    async def _broadcast(self, session: LiveSession, message: Message) -> None:
+        await self._to_technician(session, message)
+        await self._to_device(session, message)
+
+    async def _on_session_start(self, conn: Connection, msg: SessionStart) -> None:
+        tech = conn.technician
+        assert tech is not None
+        device = await self.store.device(msg.device_id)
+        if device is None or device.revoked:
+            raise LocalProtocolError(ErrorCode.NOT_FOUND, f"no device {msg.device_id!r}")
+        try:
+            authorize(
+                tech.role,
+                REQUIRED_ACTION[SessionStart],
+                scope_groups=tech.groups,
+                target_group=device.group_id,
+            )
+        except ProtocolError as denial:
+            await self._audit_denial(conn, msg, denial)
+            raise
+        status = self._device_status(device)
+        unavailable = {
+            LiveSupportStatus.NOT_INSTALLED: "Live Support is not installed on the device",
+            LiveSupportStatus.DISABLED: "Live Support is disabled on the device",
+        }
+        if status in unavailable:
+            raise LocalProtocolError(ErrorCode.UNAVAILABLE, unavailable[status])
+        if device.id in self.device_sessions:
+            raise LocalProtocolError(ErrorCode.CONFLICT, "the device already has a session")
+        if device.id not in self.devices_online:
+            raise LocalProtocolError(ErrorCode.UNAVAILABLE, "the device is offline")
+        allowed = self._allowed_modes(device)
+        if msg.mode not in allowed:
+            raise LocalProtocolError(
+                ErrorCode.FORBIDDEN, f"{msg.mode.value} sessions are not allowed on this device"
+            )
+        offered = tuple(m for m in _OFFERED[msg.mode] if m in allowed)
+        session = LiveSession(
+            id=new_id("ses"),
+            technician=tech,
+            device_id=device.id,
+            device_group=device.group_id,
+            mode=msg.mode,
+            offered_modes=offered,
+            reason=msg.reason,
+            created_at_ms=now_ms(),
+        )
+        self.sessions[session.id] = session
+        self.device_sessions[device.id] = session.id
+        await self.store.record_session(
+            SessionRow(
+                id=session.id,
+                technician_id=tech.id,
+                device_id=device.id,
+                offered_mode=msg.mode.value,
+                reason=msg.reason,
+                state=SessionState.INVITED.value,
+                created_at_ms=session.created_at_ms,
+            )
+        )
+        await self.store.audit(
+            tech.id,
+            "session.start",
+            target=device.id,
+            session_id=session.id,
+            mode=msg.mode.value,
+            reason=msg.reason,
+        )
+        loop = asyncio.get_running_loop()
+        session.timers["invite"] = loop.call_later(
+            self.config.invite_timeout_s, self._spawn, self._invite_timed_out(session)
+        )
+        await self.send(conn, self._update(session, rid=msg.rid))
+        await self._to_device(
+            session,
+            SessionInvite(
+                session_id=session.id,
+                technician=TechnicianCard(
+                    technician_id=tech.id,
+                    display_name=tech.display_name,
+                    organisation=tech.organisation,
+                    photo=tech.photo,
+                ),
+                mode=msg.mode,
+                offered_modes=offered,
+                reason=msg.reason,
+                expires_at_ms=session.created_at_ms + int(self.config.invite_timeout_s * 1000),
+            ),
+        )
+
+    async def _move(self, session: LiveSession, event: SessionEvent, by: Party) -> None:
+        session.machine.handle(event, by)
+        await self.store.update_session(session.id, state=session.machine.state.value)
+
+    async def _on_session_accept(self, conn: Connection, msg: SessionAccept) -> None:
+        session = self._member_session(conn, msg.session_id)
+        if msg.mode not in session.offered_modes:
+            raise LocalProtocolError(
+                ErrorCode.FORBIDDEN, f"the session was not offered as {msg.mode.value}"
+            )
+        await self._move(session, SessionEvent.ACCEPT, Party.DEVICE)
+        session.cancel_timer("invite")
+        session.accepted_mode = msg.mode
+        session.accepted_at_ms = now_ms()
+        await self.store.update_session(
+            session.id, accepted_mode=msg.mode.value, accepted_at_ms=session.accepted_at_ms
+        )
+        await self.store.audit(
+            session.device_id,
+            "session.accept",
+            target=session.technician.id,
+            session_id=session.id,
+            mode=msg.mode.value,
+        )
+        await self.send(conn, Ok(rid=msg.rid))
+        await self._broadcast(session, self._update(session))
+        await self._send_device_status(session.device_id)
+        await self._fan_out_device(session.device_id)
+
+    async def _on_session_reject(self, conn: Connection, msg: SessionReject) -> None:
+        session = self._member_session(conn, msg.session_id)
+        await self._move(session, SessionEvent.REJECT, Party.DEVICE)
+        await self.send(conn, Ok(rid=msg.rid))
+        await self._finish(session, reject_reason=msg.reason)
+
+    async def _invite_timed_out(self, session: LiveSession) -> None:
+        session.timers.pop("invite", None)
+        if not session.machine.allowed(SessionEvent.TIMEOUT, Party.SERVER):
+            return
+        await self._move(session, SessionEvent.TIMEOUT, Party.SERVER)
+        await self._finish(session, reject_reason=RejectReason.DECLINED)
+
+    async def _on_session_consent(self, conn: Connection, msg: SessionConsent) -> None:
+        receipt = msg.receipt
+        session = self._member_session(conn, receipt.session_id)
+        assert conn.device is not None
+        if not session.machine.is_open or session.accepted_mode is None:
+            raise LocalProtocolError(ErrorCode.BAD_STATE, "the session is not accepted")
+        expected = {
+            "device_id": conn.device.id,
+            "technician_id": session.technician.id,
+            "mode": session.accepted_mode,
+            "offer_fingerprint": session.offer_fingerprint,
+            "answer_fingerprint": session.answer_fingerprint,
+        }
+        for name, value in expected.items():
+            if getattr(receipt, name) != value:
+                raise LocalProtocolError(
+                    ErrorCode.INVALID_FIELD, f"the receipt's {name} does not match the session"
+                )
+        identity.verify_consent(identity.load_public_key(conn.device.public_key), receipt)
+        stored = SIGNALING.encode(SessionConsent(receipt=receipt))
+        await self.store.update_session(session.id, consent_receipt=stored)
+        await self.store.audit(
+            session.device_id,
+            "session.consent",
+            target=session.technician.id,
+            session_id=session.id,
+            mode=receipt.mode.value,
+        )
+        await self.send(conn, Ok(rid=msg.rid))
+        await self._to_technician(session, SessionConsent(receipt=receipt))
+
+    async def _on_session_resume(self, conn: Connection, msg: SessionResume) -> None:
+        session = self._member_session(conn, msg.session_id)
+        await self._move(session, SessionEvent.RESUME, Party.DEVICE)
+        await self.send(conn, Ok(rid=msg.rid))
+        await self._broadcast(session, self._update(session, resumed=True))
+
+    async def _on_session_close(self, conn: Connection, msg: SessionClose) -> None:
+        session = self._member_session(conn, msg.session_id)
+        await self._end_session(session, CloseReason.CLOSED_BY_TECHNICIAN, Party.TECHNICIAN)
+        await self.send(conn, Ok(rid=msg.rid))
+
+    async def _on_call_connected(self, conn: Connection, msg: CallConnected) -> None:
+        session = self._member_session(conn, msg.session_id)
+        if session.machine.state is not SessionState.IN_CALL:
+            await self._move(session, SessionEvent.CALL_CONNECTED, conn.party)
+            await self._broadcast(session, self._update(session))
+        await self.send(conn, Ok(rid=msg.rid))
+
+    async def _on_call_hangup(self, conn: Connection, msg: CallHangup) -> None:
+        session = self._member_session(conn, msg.session_id)
+        await self._move(session, SessionEvent.HANG_UP, conn.party)
+        session.offer_fingerprint = session.answer_fingerprint = None
+        await self.send(conn, Ok(rid=msg.rid))
+        other = self._to_device if conn.party is Party.TECHNICIAN else self._to_technician
+        await other(session, CallHangup(session_id=session.id))
+        await self._broadcast(session, self._update(session))
+
+    async def _on_signal(self, conn: Connection, msg: SignalSdp | SignalCandidate) -> None:
+        session = self._member_session(conn, msg.session_id)
+        if not session.machine.may_signal:
+            raise LocalProtocolError(
+                ErrorCode.BAD_STATE,
+                f"no signaling while the session is {session.machine.state.value}",
+            )
+        if isinstance(msg, SignalSdp):
+            # The technician offers and the device answers, never the other way: a
+            # device cannot push media at a technician who did not ask for it.
+            expected = SdpType.OFFER if conn.party is Party.TECHNICIAN else SdpType.ANSWER
+            if msg.sdp_type is not expected:
+                raise LocalProtocolError(
+                    ErrorCode.FORBIDDEN, f"the {conn.party.value} may only send an {expected.value}"
+                )
+            fingerprint = identity.sdp_fingerprint(msg.sdp)
+            if msg.sdp_type is SdpType.OFFER:
+                session.offer_fingerprint, session.answer_fingerprint = fingerprint, None
+            else:
+                session.answer_fingerprint = fingerprint
+        relay = msg.__class__(**{**_fields(msg), "rid": None})
+        if conn.party is Party.TECHNICIAN:
+            await self._to_device(session, relay)
+        else:
+            await self._to_technician(session, relay)
+
+    async def _end_session(self, session: LiveSession, reason: CloseReason, by: Party) -> None:
+        if session.machine.is_final:
+            return
+        await self._move(session, SessionEvent.CLOSE, by)
+        await self._finish(session, close_reason=reason)
+
+    async def _finish(
+        self,
+        session: LiveSession,
+        *,
+        close_reason: CloseReason | None = None,
+        reject_reason: RejectReason | None = None,
+    ) -> None:
+        """The session reached a final state: tell both, record it, forget it."""
+        for name in list(session.timers):
+            session.cancel_timer(name)
+        closed_at = now_ms()
+        end = close_reason.value if close_reason else (reject_reason.value if reject_reason else "")
+        await self._store_call(
+            self.store.update_session(
+                session.id,
+                state=session.machine.state.value,
+                closed_at_ms=closed_at,
+                end_reason=end,
+            )
+        )
+        duration = closed_at - (session.accepted_at_ms or closed_at)
+        await self._store_call(
+            self.store.audit(
+                session.technician.id,
+                f"session.{session.machine.state.value}",
+                target=session.device_id,
+                session_id=session.id,
+                reason=end,
+                duration_ms=duration,
+            )
+        )
+        await self._broadcast(
+            session, self._update(session, close_reason=close_reason, reject_reason=reject_reason)
+        )
+        self.sessions.pop(session.id, None)
+        if self.device_sessions.get(session.device_id) == session.id:
+            del self.device_sessions[session.device_id]
+        await self._send_device_status(session.device_id)
+        await self._fan_out_device(session.device_id)
+
+    async def _resend_session_state(self, conn: Connection) -> None:
+        """After a reconnect, tell the client where its open sessions stand."""
+        for session in list(self.sessions.values()):
+            try:
+                self._member_session(conn, session.id)
+            except ProtocolError:
+                continue
+            await self.send(conn, self._update(session))
+
+    # -- grace periods for lost members ---------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("background hub task failed")
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _start_grace(
+        self,
+        *,
+        lost: Party,
+        device_id: str | None = None,
+        session: LiveSession | None = None,
+    ) -> None:
+        if session is None and device_id is not None:
+            session = self._session_of_device(device_id)
+        if session is None:
+            return
+        timer = "device_grace" if lost is Party.DEVICE else "technician_grace"
+        reason = CloseReason.DEVICE_LOST if lost is Party.DEVICE else CloseReason.TECHNICIAN_LOST
+        if session.machine.state is SessionState.INVITED and lost is Party.TECHNICIAN:
+            # An invite nobody is waiting for any more is withdrawn at once.
+            self._spawn(self._end_session(session, CloseReason.CANCELLED, Party.SERVER))
+            return
+        session.cancel_timer(timer)
+        loop = asyncio.get_running_loop()
+        session.timers[timer] = loop.call_later(
+            self.config.grace_s,
+            self._spawn,
+            self._end_session(session, reason, Party.SERVER),
+        )
+
+    def _cancel_grace(self, *, device_id: str) -> None:
+        session = self._session_of_device(device_id)
+        if session is not None:
+            session.cancel_timer("device_grace")
+
+    # -- notifications --------------------------------------------------------------
+
+    async def _on_notify_send(self, conn: Connection, msg: NotifySend) -> None:
+        tech = conn.technician
+        assert tech is not None
+        targets: dict[str, Device] = {}
+        for device_id in msg.device_ids:
+            device = await self.store.device(device_id)
+            if device is None or device.revoked:
+                raise LocalProtocolError(ErrorCode.NOT_FOUND, f"no device {device_id!r}")
+            authorize(
+                tech.role,
+                REQUIRED_ACTION[NotifySend],
+                scope_groups=tech.groups,
+                target_group=device.group_id,
+            )
+            targets[device.id] = device
+        if msg.group_id is not None:
+            authorize(
+                tech.role,
+                REQUIRED_ACTION[NotifySend],
+                scope_groups=tech.groups,
+                target_group=msg.group_id,
+            )
+            for device in await self.store.devices([msg.group_id]):
+                if not device.revoked:
+                    targets[device.id] = device
+        if not targets:
+            raise LocalProtocolError(ErrorCode.INVALID_FIELD, "no device to notify")
+        row = await self.store.create_notification(
+            technician_id=tech.id,
+            sender_name=tech.display_name,
+            title=msg.title,
+            body=msg.body,
+            ttl_s=msg.ttl_s,
+            device_ids=list(targets),
+        )
+        await self.store.audit(
+            tech.id,
+            "notify.send",
+            target=msg.group_id or "",
+            notification_id=row.id,
+            devices=len(targets),
+        )
+        await self.send(
+            conn,
+            NotifySent(
+                notification_id=row.id,
+                device_ids=tuple(targets),
+                expires_at_ms=row.expires_at_ms,
+                rid=msg.rid,
+            ),
+        )
+        deliver = NotifyDeliver(
+            notification_id=row.id,
+            sender_name=row.sender_name,
+            title=row.title,
+            body=row.body,
+            sent_at_ms=row.sent_at_ms,
+            expires_at_ms=row.expires_at_ms,
+        )
+        for device_id in targets:
+            device_conn = self.devices_online.get(device_id)
+            if device_conn is not None:
+                await self.send(device_conn, deliver)
+
+    async def _deliver_pending(self, conn: Connection) -> None:
+        assert conn.device is not None
+        for row in await self.store.pending_notifications(conn.device.id):
+            await self.send(
+                conn,
+                NotifyDeliver(
+                    notification_id=row.id,
+                    sender_name=row.sender_name,
+                    title=row.title,
+                    body=row.body,
+                    sent_at_ms=row.sent_at_ms,
+                    expires_at_ms=row.expires_at_ms,
+                ),
+            )
+
+    async def _note_progress(
+        self,
+        conn: Connection,
+        notification_id: str,
+        state: NotificationState,
+        answer: str | None,
+        rid: int | None,
+    ) -> None:
+        assert conn.device is not None
+        found = await self.store.notification_target(notification_id, conn.device.id)
+        if found is None:
+            raise LocalProtocolError(ErrorCode.NOT_FOUND, f"no notification {notification_id!r}")
+        note, target = found
+        if note.expires_at_ms < now_ms():
+            raise LocalProtocolError(ErrorCode.EXPIRED, "the notification has expired")
+        current = NotificationState(target.state)
+        if state is NotificationState.ANSWERED and current is NotificationState.ANSWERED:
+            raise LocalProtocolError(ErrorCode.CONFLICT, "the notification is answered already")
+        await self.send(conn, Ok(rid=rid))
+        if _NOTE_RANK[state] <= _NOTE_RANK[current]:
+            return  # a late or repeated acknowledgement changes nothing
+        at = await self.store.set_notification_state(notification_id, conn.device.id, state, answer)
+        update = NotifyUpdate(
+            notification_id=notification_id,
+            device_id=conn.device.id,
+            state=state,
+            at_ms=at,
+            answer=answer,
+        )
+        for console in list(self.consoles.get(note.technician_id, ())):
+            await self.send(console, update)
+
+    async def _on_notify_ack(self, conn: Connection, msg: NotifyAck) -> None:
+        state = (
+            NotificationState.DELIVERED
+            if msg.state is DeviceAck.DELIVERED
+            else NotificationState.READ
+        )
+        await self._note_progress(conn, msg.notification_id, state, None, msg.rid)
+
+    async def _on_notify_answer(self, conn: Connection, msg: NotifyAnswer) -> None:
+        await self._note_progress(
+            conn, msg.notification_id, NotificationState.ANSWERED, msg.text, msg.rid
+        )
+
+    # -- administration hooks (REST and admin CLI) ----------------------------------
+
+    async def device_revoked(self, device_id: str) -> None:
+        """Disconnect a revoked device at once and close its session."""
+        session = self._session_of_device(device_id)
+        if session is not None:
+            await self._end_session(session, CloseReason.DEVICE_REVOKED, Party.SERVER)
+        conn = self.devices_online.get(device_id)
+        if conn is not None:
+            await conn.transport.close(CloseCode.REVOKED, "device revoked")
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connections": len(self.connections),
+            "devices_online": len(self.devices_online),
+            "consoles": sum(len(c) for c in self.consoles.values()),
+            "sessions": len(self.sessions),
+            **self.metrics,
+        }
+
+
+def _fields(message: Message) -> dict[str, Any]:
+    return {name: getattr(message, name) for name in message.__dataclass_fields__}

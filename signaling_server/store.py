@@ -1,0 +1,689 @@
+"""Persistent state of the signaling server, on SQLAlchemy 2 (async).
+
+SQLite (aiosqlite) by default, any SQLAlchemy async URL otherwise (PostgreSQL through
+asyncpg). The store keeps metadata only: who, whom, when, mode, consent, duration,
+reason and summary of a session; never a word of its chat. Notification bodies and
+answers are kept because store-and-forward needs them, and they expire.
+
+Secrets are stored as hashes: passwords with scrypt (memory-hard), bearer and
+enrolment tokens as SHA-256 (they are long random strings, so a fast hash is enough).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from protocol.enums import Mode, NotificationState, Role
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(8)}"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# --- passwords (scrypt: memory-hard, in the standard library) ---------------------------
+
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1  # 16 MiB and ~50 ms per hash
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+    )
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    candidate = hashlib.scrypt(
+        password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32
+    )
+    return hmac.compare_digest(candidate, bytes.fromhex(digest))
+
+
+#: A hash to verify against when the user does not exist, so that a login for an
+#: unknown name costs as much as one for a known name (no user enumeration by timing).
+_DUMMY_HASH = hash_password(secrets.token_hex(8))
+
+
+# --- tables ---------------------------------------------------------------------------
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DeviceGroupRow(Base):
+    __tablename__ = "device_groups"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    #: Chat services policy allows in this group, comma-separated modes.
+    allowed_modes: Mapped[str] = mapped_column(String(32), default="text,voice,video")
+    #: Live Support enabled by policy for this group.
+    service_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class TechnicianRow(Base):
+    __tablename__ = "technicians"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(128))
+    organisation: Mapped[str] = mapped_column(String(128), default="")
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(256))
+    photo: Mapped[str] = mapped_column(Text, default="")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class TechnicianGroupRow(Base):
+    __tablename__ = "technician_groups"
+    technician_id: Mapped[str] = mapped_column(ForeignKey("technicians.id"), primary_key=True)
+    group_id: Mapped[str] = mapped_column(ForeignKey("device_groups.id"), primary_key=True)
+
+
+class DeviceRow(Base):
+    __tablename__ = "devices"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    group_id: Mapped[str] = mapped_column(ForeignKey("device_groups.id"))
+    public_key: Mapped[str] = mapped_column(String(64), unique=True)
+    model: Mapped[str] = mapped_column(String(128), default="")
+    os: Mapped[str] = mapped_column(String(128), default="")
+    enrolled_at_ms: Mapped[int] = mapped_column(BigInteger)
+    last_seen_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Last reported local conditions (kept so an offline device still shows its status).
+    service_installed: Mapped[bool] = mapped_column(Boolean, default=True)
+    service_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    chat_services: Mapped[str] = mapped_column(String(32), default="text,voice,video")
+
+
+class EnrolmentTokenRow(Base):
+    __tablename__ = "enrolment_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    group_id: Mapped[str] = mapped_column(ForeignKey("device_groups.id"))
+    created_by: Mapped[str] = mapped_column(String(64))
+    expires_at_ms: Mapped[int] = mapped_column(BigInteger)
+    used_at_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    used_by_device: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AuthTokenRow(Base):
+    __tablename__ = "auth_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    technician_id: Mapped[str] = mapped_column(ForeignKey("technicians.id"))
+    expires_at_ms: Mapped[int] = mapped_column(BigInteger)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class SessionRow(Base):
+    """Metadata of a session. There is deliberately no column for chat content."""
+
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    technician_id: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(String(64))
+    offered_mode: Mapped[str] = mapped_column(String(8))
+    accepted_mode: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    reason: Mapped[str] = mapped_column(String(500))
+    state: Mapped[str] = mapped_column(String(16))
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    accepted_at_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    closed_at_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    consent_receipt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    summary: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class NotificationRow(Base):
+    __tablename__ = "notifications"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    technician_id: Mapped[str] = mapped_column(String(64))
+    sender_name: Mapped[str] = mapped_column(String(128))
+    title: Mapped[str] = mapped_column(String(128))
+    body: Mapped[str] = mapped_column(Text)
+    sent_at_ms: Mapped[int] = mapped_column(BigInteger)
+    expires_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class NotificationTargetRow(Base):
+    __tablename__ = "notification_targets"
+    notification_id: Mapped[str] = mapped_column(ForeignKey("notifications.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    updated_at_ms: Mapped[int] = mapped_column(BigInteger)
+    answer: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class AuditRow(Base):
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(64), default="")
+    outcome: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+
+
+# --- value objects handed to the rest of the server -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Technician:
+    id: str
+    username: str
+    display_name: str
+    organisation: str
+    role: Role
+    photo: str
+    groups: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    id: str
+    name: str
+    group_id: str
+    group_name: str
+    public_key: str
+    model: str
+    os: str
+    last_seen_ms: int | None
+    revoked: bool
+    service_installed: bool
+    service_enabled: bool
+    chat_services: tuple[Mode, ...]
+    policy_enabled: bool
+    policy_modes: tuple[Mode, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    id: str
+    name: str
+    allowed_modes: tuple[Mode, ...]
+    service_enabled: bool
+
+
+class StoreError(Exception):
+    """A request the store refuses (unknown name, used token...), said for people."""
+
+
+def _modes(text: str) -> tuple[Mode, ...]:
+    return tuple(Mode(m) for m in text.split(",") if m)
+
+
+def _modes_text(modes: Sequence[Mode]) -> str:
+    return ",".join(m.value for m in Mode if m in modes)
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        engine = create_async_engine(url)
+        store = cls(engine)
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[AsyncSession]:
+        async with self._sessions() as db, db.begin():
+            yield db
+
+    # -- groups ---------------------------------------------------------------------
+
+    async def create_group(
+        self, name: str, *, allowed_modes: Sequence[Mode] = tuple(Mode), enabled: bool = True
+    ) -> Group:
+        async with self.tx() as db:
+            if await db.scalar(select(DeviceGroupRow).where(DeviceGroupRow.name == name)):
+                raise StoreError(f"a device group named {name!r} exists already")
+            row = DeviceGroupRow(
+                id=new_id("grp"),
+                name=name,
+                allowed_modes=_modes_text(allowed_modes),
+                service_enabled=enabled,
+            )
+            db.add(row)
+        return self._group(row)
+
+    async def set_group_policy(
+        self,
+        group: str,
+        *,
+        allowed_modes: Sequence[Mode] | None = None,
+        enabled: bool | None = None,
+    ) -> Group:
+        async with self.tx() as db:
+            row = await self._group_row(db, group)
+            if allowed_modes is not None:
+                row.allowed_modes = _modes_text(allowed_modes)
+            if enabled is not None:
+                row.service_enabled = enabled
+        return self._group(row)
+
+    async def groups(self) -> list[Group]:
+        async with self.tx() as db:
+            rows = (await db.scalars(select(DeviceGroupRow).order_by(DeviceGroupRow.name))).all()
+        return [self._group(r) for r in rows]
+
+    async def _group_row(self, db: AsyncSession, id_or_name: str) -> DeviceGroupRow:
+        row = await db.scalar(
+            select(DeviceGroupRow).where(
+                (DeviceGroupRow.id == id_or_name) | (DeviceGroupRow.name == id_or_name)
+            )
+        )
+        if row is None:
+            raise StoreError(f"no device group {id_or_name!r}")
+        return row
+
+    @staticmethod
+    def _group(row: DeviceGroupRow) -> Group:
+        return Group(row.id, row.name, _modes(row.allowed_modes), row.service_enabled)
+
+    # -- technicians ----------------------------------------------------------------
+
+    async def create_technician(
+        self,
+        username: str,
+        password: str,
+        *,
+        display_name: str,
+        role: Role,
+        organisation: str = "",
+        groups: Sequence[str] = (),
+        photo: str = "",
+    ) -> Technician:
+        if role is Role.DEVICE:
+            raise StoreError("a technician cannot have the device role")
+        if len(password) < 8:
+            raise StoreError("a password needs at least 8 characters")
+        async with self.tx() as db:
+            if await db.scalar(select(TechnicianRow).where(TechnicianRow.username == username)):
+                raise StoreError(f"a technician named {username!r} exists already")
+            row = TechnicianRow(
+                id=new_id("tech"),
+                username=username,
+                display_name=display_name,
+                organisation=organisation,
+                role=role.value,
+                password_hash=hash_password(password),
+                photo=photo,
+            )
+            db.add(row)
+            await db.flush()
+            group_ids = [(await self._group_row(db, g)).id for g in groups]
+            for gid in group_ids:
+                db.add(TechnicianGroupRow(technician_id=row.id, group_id=gid))
+        return Technician(
+            row.id, username, display_name, organisation, role, photo, frozenset(group_ids)
+        )
+
+    async def technician(self, technician_id: str) -> Technician | None:
+        async with self.tx() as db:
+            row = await db.get(TechnicianRow, technician_id)
+            if row is None or row.disabled:
+                return None
+            return await self._technician(db, row)
+
+    async def technicians(self) -> list[Technician]:
+        async with self.tx() as db:
+            rows = (await db.scalars(select(TechnicianRow).order_by(TechnicianRow.username))).all()
+            return [await self._technician(db, r) for r in rows]
+
+    async def _technician(self, db: AsyncSession, row: TechnicianRow) -> Technician:
+        groups = await db.scalars(
+            select(TechnicianGroupRow.group_id).where(TechnicianGroupRow.technician_id == row.id)
+        )
+        return Technician(
+            row.id,
+            row.username,
+            row.display_name,
+            row.organisation,
+            Role(row.role),
+            row.photo,
+            frozenset(groups.all()),
+        )
+
+    async def login(self, username: str, password: str, *, ttl_s: int) -> tuple[str, Technician]:
+        """A new bearer token for a correct password. Raises StoreError otherwise."""
+        async with self.tx() as db:
+            row = await db.scalar(select(TechnicianRow).where(TechnicianRow.username == username))
+            stored = row.password_hash if row is not None else _DUMMY_HASH
+            ok = verify_password(password, stored)
+            if row is None or not ok or row.disabled:
+                raise StoreError("wrong username or password")
+            token = secrets.token_urlsafe(32)
+            db.add(
+                AuthTokenRow(
+                    token_hash=token_hash(token),
+                    technician_id=row.id,
+                    expires_at_ms=now_ms() + ttl_s * 1000,
+                )
+            )
+            return token, await self._technician(db, row)
+
+    async def technician_for_token(self, token: str) -> Technician | None:
+        async with self.tx() as db:
+            row = await db.get(AuthTokenRow, token_hash(token))
+            if row is None or row.revoked or row.expires_at_ms < now_ms():
+                return None
+            tech = await db.get(TechnicianRow, row.technician_id)
+            if tech is None or tech.disabled:
+                return None
+            return await self._technician(db, tech)
+
+    async def revoke_token(self, token: str) -> bool:
+        async with self.tx() as db:
+            result = await db.execute(
+                update(AuthTokenRow)
+                .where(AuthTokenRow.token_hash == token_hash(token))
+                .values(revoked=True)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    # -- enrolment and devices ------------------------------------------------------
+
+    async def issue_enrolment_token(self, group: str, *, created_by: str, ttl_s: int) -> str:
+        async with self.tx() as db:
+            group_row = await self._group_row(db, group)
+            token = secrets.token_urlsafe(24)
+            db.add(
+                EnrolmentTokenRow(
+                    token_hash=token_hash(token),
+                    group_id=group_row.id,
+                    created_by=created_by,
+                    expires_at_ms=now_ms() + ttl_s * 1000,
+                )
+            )
+        return token
+
+    async def enrol_device(
+        self, token: str, *, public_key: str, name: str, model: str, os: str
+    ) -> Device:
+        """Consume a one-time enrolment token and register the device key."""
+        async with self.tx() as db:
+            row = await db.get(EnrolmentTokenRow, token_hash(token))
+            if row is None:
+                raise StoreError("unknown enrolment token")
+            if row.used_at_ms is not None:
+                raise StoreError("this enrolment token was used already")
+            if row.expires_at_ms < now_ms():
+                raise StoreError("this enrolment token has expired")
+            if await db.scalar(select(DeviceRow).where(DeviceRow.public_key == public_key)):
+                raise StoreError("this device key is enrolled already")
+            device = DeviceRow(
+                id=new_id("dev"),
+                name=name,
+                group_id=row.group_id,
+                public_key=public_key,
+                model=model,
+                os=os,
+                enrolled_at_ms=now_ms(),
+            )
+            # Consume the token with a conditional update, so two enrolments racing
+            # with the same token cannot both succeed, whatever the database.
+            consumed = await db.execute(
+                update(EnrolmentTokenRow)
+                .where(
+                    EnrolmentTokenRow.token_hash == row.token_hash,
+                    EnrolmentTokenRow.used_at_ms.is_(None),
+                )
+                .values(used_at_ms=now_ms(), used_by_device=device.id)
+            )
+            if getattr(consumed, "rowcount", 0) != 1:
+                raise StoreError("this enrolment token was used already")
+            db.add(device)
+        found = await self.device(device.id)
+        assert found is not None
+        return found
+
+    def _device_query(self) -> Any:
+        return select(DeviceRow, DeviceGroupRow).join(
+            DeviceGroupRow, DeviceRow.group_id == DeviceGroupRow.id
+        )
+
+    @staticmethod
+    def _device(row: DeviceRow, group: DeviceGroupRow) -> Device:
+        return Device(
+            id=row.id,
+            name=row.name,
+            group_id=row.group_id,
+            group_name=group.name,
+            public_key=row.public_key,
+            model=row.model,
+            os=row.os,
+            last_seen_ms=row.last_seen_ms,
+            revoked=row.revoked,
+            service_installed=row.service_installed,
+            service_enabled=row.service_enabled,
+            chat_services=_modes(row.chat_services),
+            policy_enabled=group.service_enabled,
+            policy_modes=_modes(group.allowed_modes),
+        )
+
+    async def device(self, device_id: str) -> Device | None:
+        async with self.tx() as db:
+            found = (
+                await db.execute(self._device_query().where(DeviceRow.id == device_id))
+            ).first()
+        return self._device(*found) if found else None
+
+    async def devices(self, groups: Sequence[str] | None = None) -> list[Device]:
+        """Every device, or those in ``groups`` (ids)."""
+        query = self._device_query().order_by(DeviceRow.name)
+        if groups is not None:
+            query = query.where(DeviceRow.group_id.in_(list(groups)))
+        async with self.tx() as db:
+            rows = (await db.execute(query)).all()
+        return [self._device(*r) for r in rows]
+
+    async def update_device_report(
+        self,
+        device_id: str,
+        *,
+        service_installed: bool,
+        service_enabled: bool,
+        chat_services: Sequence[Mode],
+        name: str,
+        model: str,
+        os: str,
+    ) -> None:
+        async with self.tx() as db:
+            await db.execute(
+                update(DeviceRow)
+                .where(DeviceRow.id == device_id)
+                .values(
+                    service_installed=service_installed,
+                    service_enabled=service_enabled,
+                    chat_services=_modes_text(chat_services),
+                    name=name,
+                    model=model,
+                    os=os,
+                    last_seen_ms=now_ms(),
+                )
+            )
+
+    async def touch_device(self, device_id: str) -> None:
+        async with self.tx() as db:
+            await db.execute(
+                update(DeviceRow).where(DeviceRow.id == device_id).values(last_seen_ms=now_ms())
+            )
+
+    async def revoke_device(self, device_id: str) -> None:
+        async with self.tx() as db:
+            result = await db.execute(
+                update(DeviceRow).where(DeviceRow.id == device_id).values(revoked=True)
+            )
+            if not getattr(result, "rowcount", 0):
+                raise StoreError(f"no device {device_id!r}")
+
+    # -- sessions (metadata only) ---------------------------------------------------
+
+    async def record_session(self, row: SessionRow) -> None:
+        async with self.tx() as db:
+            await db.merge(row)
+
+    async def update_session(self, session_id: str, **values: Any) -> None:
+        async with self.tx() as db:
+            await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(**values))
+
+    async def session(self, session_id: str) -> SessionRow | None:
+        async with self.tx() as db:
+            return await db.get(SessionRow, session_id)
+
+    async def sessions(self, limit: int = 1000) -> list[SessionRow]:
+        async with self.tx() as db:
+            query = select(SessionRow).order_by(SessionRow.created_at_ms.desc()).limit(limit)
+            return list((await db.scalars(query)).all())
+
+    # -- notifications --------------------------------------------------------------
+
+    async def create_notification(
+        self,
+        *,
+        technician_id: str,
+        sender_name: str,
+        title: str,
+        body: str,
+        ttl_s: int,
+        device_ids: Sequence[str],
+    ) -> NotificationRow:
+        sent = now_ms()
+        row = NotificationRow(
+            id=new_id("ntf"),
+            technician_id=technician_id,
+            sender_name=sender_name,
+            title=title,
+            body=body,
+            sent_at_ms=sent,
+            expires_at_ms=sent + ttl_s * 1000,
+        )
+        async with self.tx() as db:
+            db.add(row)
+            await db.flush()
+            db.add_all(
+                NotificationTargetRow(
+                    notification_id=row.id,
+                    device_id=d,
+                    state=NotificationState.SENT.value,
+                    updated_at_ms=sent,
+                )
+                for d in device_ids
+            )
+        return row
+
+    async def pending_notifications(self, device_id: str) -> list[NotificationRow]:
+        """Unexpired notifications the device has not yet acknowledged as delivered."""
+        query = (
+            select(NotificationRow)
+            .join(
+                NotificationTargetRow, NotificationTargetRow.notification_id == NotificationRow.id
+            )
+            .where(
+                NotificationTargetRow.device_id == device_id,
+                NotificationTargetRow.state == NotificationState.SENT.value,
+                NotificationRow.expires_at_ms > now_ms(),
+            )
+            .order_by(NotificationRow.sent_at_ms)
+        )
+        async with self.tx() as db:
+            return list((await db.scalars(query)).all())
+
+    async def notification_target(
+        self, notification_id: str, device_id: str
+    ) -> tuple[NotificationRow, NotificationTargetRow] | None:
+        async with self.tx() as db:
+            target = await db.get(NotificationTargetRow, (notification_id, device_id))
+            note = await db.get(NotificationRow, notification_id)
+            if target is None or note is None:
+                return None
+            return note, target
+
+    async def set_notification_state(
+        self, notification_id: str, device_id: str, state: NotificationState, answer: str | None
+    ) -> int:
+        at = now_ms()
+        async with self.tx() as db:
+            values: dict[str, Any] = {"state": state.value, "updated_at_ms": at}
+            if answer is not None:
+                values["answer"] = answer
+            await db.execute(
+                update(NotificationTargetRow)
+                .where(
+                    NotificationTargetRow.notification_id == notification_id,
+                    NotificationTargetRow.device_id == device_id,
+                )
+                .values(**values)
+            )
+        return at
+
+    # -- audit ----------------------------------------------------------------------
+
+    async def audit(
+        self, actor: str, action: str, *, target: str = "", outcome: str = "ok", **detail: Any
+    ) -> None:
+        async with self.tx() as db:
+            db.add(
+                AuditRow(
+                    at_ms=now_ms(),
+                    actor=actor,
+                    action=action,
+                    target=target,
+                    outcome=outcome,
+                    detail=json.dumps(detail, sort_keys=True, default=str),
+                )
+            )
+
+    async def audit_rows(self, limit: int = 1000) -> list[AuditRow]:
+        async with self.tx() as db:
+            query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
+            return list((await db.scalars(query)).all())
