@@ -1,0 +1,470 @@
+"""One WebRTC call for one session, on aiortc: negotiation, the chat channel, stats.
+
+The rules of this module:
+
+- One ``PeerCall`` is one ``RTCPeerConnection`` for one session. The technician's
+  console is always the offerer, the device always the answerer; each side refuses an
+  SDP of the wrong direction or for another session.
+- Signaling goes out through the ``send_signal`` callback as ``protocol`` messages;
+  this module never touches a socket of the signaling link.
+- We never trickle: aiortc gathers every candidate inside ``setLocalDescription``, so
+  the SDP we send (``pc.localDescription``, never ``createOffer()``'s result) already
+  carries them all. Candidates a peer trickles are still accepted.
+- ICE servers are always passed explicitly: with ``iceServers`` unset aiortc asks a
+  public STUN server, and a call must never reach beyond the servers we configured.
+- Chat travels on one ordered data channel labelled ``"chat"`` with the
+  ``protocol.chat`` registry. Anything the peer sends is untrusted: a frame that does
+  not decode is dropped and counted, never allowed to disturb the call.
+- Nothing of the conversation is logged; ``close()`` clears the chat log.
+
+Voice and video come later: ``_add_local_media`` is where tracks join the peer
+connection, before the offer (console) or the answer (device).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from enum import StrEnum
+from typing import TypedDict, get_args
+
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceCandidate,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.sdp import candidate_from_sdp
+
+from peer.chat import ChatLog, Listeners, now_ms
+from protocol.chat import CHAT, ChatMessage, ChatReceipt, ChatTyping, MessageIds
+from protocol.codec import Message, Sender
+from protocol.enums import ReceiptState, SdpType
+from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from protocol.identity import sdp_fingerprint
+from protocol.messages import SignalCandidate, SignalSdp
+
+logger = logging.getLogger(__name__)
+
+CHAT_LABEL = "chat"
+
+#: How many ids one receipt frame may carry, read from the protocol's own field
+#: constraint so the two cannot drift apart.
+RECEIPT_BATCH: int = get_args(MessageIds)[1].max_items
+
+SendSignal = Callable[[Message], Awaitable[None]]
+
+
+class CallState(StrEnum):
+    """aiortc's ``connectionState`` values (it has no "disconnected" today; kept for
+    when it does, as the W3C API has it)."""
+
+    NEW = "new"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class CallStats(TypedDict):
+    """What ``PeerCall.stats()`` reports. ``None`` where aiortc cannot tell us."""
+
+    state: str
+    #: "direct" (host, srflx or prflx on both ends) or "relayed" (a TURN relay).
+    route: str | None
+    local_candidate_type: str | None
+    remote_candidate_type: str | None
+    #: Chat payload bytes (UTF-8 of the frames) we sent and received; aiortc keeps no
+    #: per-channel byte counters, so these are counted here.
+    chat_bytes_sent: int
+    chat_bytes_received: int
+    chat_frames_sent: int
+    chat_frames_received: int
+    bad_frames: int
+
+
+def _fingerprint(sdp: str) -> str:
+    """The DTLS fingerprint of an SDP, as protocol.identity formats it.
+
+    aiortc (1.16) announces its one certificate under three hashes (sha-256, sha-384,
+    sha-512), and ``sdp_fingerprint`` as first committed refuses an SDP with more than
+    one value. Both ends of a consent receipt must agree on one canonical value, so
+    only the sha-256 lines are handed over; every browser sends sha-256. Should the
+    SDP have none, the whole SDP goes through, so the protocol's own error explains
+    why. Once ``sdp_fingerprint`` picks sha-256 itself (a change under way in
+    protocol/), this filter is redundant and can go.
+    """
+    sha256 = [
+        line for line in sdp.splitlines() if line.lower().startswith("a=fingerprint:sha-256 ")
+    ]
+    return sdp_fingerprint("\n".join(sha256) if sha256 else sdp)
+
+
+def _parse_candidate(message: SignalCandidate) -> RTCIceCandidate:
+    """An aiortc ``RTCIceCandidate`` from a trickled ``a=candidate`` value."""
+    if message.sdp_mid is None and message.sdp_mline_index is None:
+        raise RemoteProtocolError(
+            ErrorCode.INVALID_FIELD, "a candidate needs sdp_mid or sdp_mline_index"
+        )
+    text = message.candidate.removeprefix("a=").removeprefix("candidate:")
+    try:
+        # aiortc's parser asserts on the field count and int()s the numbers.
+        candidate = candidate_from_sdp(text)
+    except (AssertionError, ValueError, IndexError):
+        raise RemoteProtocolError(ErrorCode.INVALID_FIELD, "not an ICE candidate") from None
+    candidate.sdpMid = message.sdp_mid
+    candidate.sdpMLineIndex = message.sdp_mline_index
+    return candidate
+
+
+class PeerCall:
+    """One peer connection for one session, with its chat.
+
+    Usage (console)::
+
+        call = PeerCall(session_id=sid, is_offerer=True, author="Ada", send_signal=send)
+        await call.start()
+        ...  # feed every SignalSdp / SignalCandidate of the session to handle_signal
+        await asyncio.wait_for(call.connected.wait(), 20)
+        await call.send_chat("Hello")
+        await call.close()  # always: it is what clears the chat
+    """
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        is_offerer: bool,
+        author: str,
+        send_signal: SendSignal,
+        ice_servers: Sequence[RTCIceServer] = (),
+    ) -> None:
+        # Check the author once here rather than failing on the first message sent.
+        CHAT.encode(ChatMessage(message_id="check", text="-", sent_at_ms=0, author=author))
+        self.session_id = session_id
+        self.is_offerer = is_offerer
+        self.author = author
+        self._send_signal = send_signal
+
+        self.chat = ChatLog()
+        #: Set once the chat channel is open on this side.
+        self.connected = asyncio.Event()
+        #: Set once the peer connection is closed, by us or by the far end.
+        self.closed = asyncio.Event()
+        #: Fired with every change of the connection state.
+        self.state_listeners: Listeners[CallState] = Listeners()
+        #: Chat frames from the peer that failed to decode (or made no sense) and were dropped.
+        self.bad_frames = 0
+
+        self._state = CallState.NEW
+        self._closing = False
+        self._started = False
+        self._typing_sent = False
+        self._local_fingerprint: str | None = None
+        self._remote_fingerprint: str | None = None
+        self._bytes_sent = 0
+        self._bytes_received = 0
+        self._frames_sent = 0
+        self._frames_received = 0
+        # handle_signal and start await inside aiortc; one negotiation step at a time.
+        self._negotiation = asyncio.Lock()
+
+        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
+        self._pc.on("connectionstatechange", self._on_connection_state)
+        self._channel: RTCDataChannel | None = None
+        if is_offerer:
+            # Created before the offer so the offer carries the SCTP m-line.
+            self._attach_channel(self._pc.createDataChannel(CHAT_LABEL, ordered=True))
+        else:
+            self._pc.on("datachannel", self._on_datachannel)
+
+    # -- state ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> CallState:
+        return self._state
+
+    @property
+    def local_fingerprint(self) -> str | None:
+        """Our DTLS fingerprint ("sha-256 AB:..."), once our SDP exists."""
+        return self._local_fingerprint
+
+    @property
+    def remote_fingerprint(self) -> str | None:
+        """The peer's DTLS fingerprint, once its SDP was accepted."""
+        return self._remote_fingerprint
+
+    @property
+    def chat_open(self) -> bool:
+        return self._channel is not None and self._channel.readyState == "open"
+
+    # -- negotiation ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Offerer only: create the offer and send it."""
+        if not self.is_offerer:
+            raise LocalProtocolError(ErrorCode.BAD_STATE, "only the offerer starts a call")
+        async with self._negotiation:
+            self._check_open()
+            if self._started:
+                raise LocalProtocolError(ErrorCode.BAD_STATE, "the call is already started")
+            self._started = True
+            self._add_local_media()
+            await self._pc.setLocalDescription(await self._pc.createOffer())
+            await self._send_local_description(SdpType.OFFER)
+
+    async def handle_signal(self, message: SignalSdp | SignalCandidate) -> None:
+        """Apply one signaling message from the peer."""
+        async with self._negotiation:
+            self._check_open()
+            if message.session_id != self.session_id:
+                raise LocalProtocolError(ErrorCode.BAD_STATE, "the signal is for another session")
+            if isinstance(message, SignalSdp):
+                await self._handle_sdp(message)
+            elif isinstance(message, SignalCandidate):
+                await self._pc.addIceCandidate(_parse_candidate(message))
+            else:  # a caller's bug; the type hint already says so
+                raise LocalProtocolError(
+                    ErrorCode.UNKNOWN_TYPE, f"{type(message).__name__} is not a call signal"
+                )
+
+    async def _handle_sdp(self, message: SignalSdp) -> None:
+        expected, signaling_state = (
+            (SdpType.ANSWER, "have-local-offer") if self.is_offerer else (SdpType.OFFER, "stable")
+        )
+        if message.sdp_type is not expected:
+            side = "offerer" if self.is_offerer else "answerer"
+            raise LocalProtocolError(
+                ErrorCode.BAD_STATE, f"the {side} takes no {message.sdp_type.value}"
+            )
+        if self._pc.signalingState != signaling_state:
+            raise LocalProtocolError(
+                ErrorCode.BAD_STATE,
+                f"no {message.sdp_type.value} expected in state {self._pc.signalingState}",
+            )
+        # Before aiortc sees it: an SDP without exactly one certificate cannot be bound
+        # into a consent receipt, and aiortc would accept even "garbage" as an offer.
+        fingerprint = _fingerprint(message.sdp)
+        if self._remote_fingerprint not in (None, fingerprint):
+            raise RemoteProtocolError(
+                ErrorCode.INVALID_FIELD, "the peer's DTLS certificate changed mid-session"
+            )
+        try:
+            await self._pc.setRemoteDescription(
+                RTCSessionDescription(sdp=message.sdp, type=message.sdp_type.value)
+            )
+        except Exception as exc:
+            # aiortc's SDP handling raises what it happens to hit (ValueError,
+            # AttributeError, ...) on bad input: all of it is the peer's fault.
+            raise RemoteProtocolError(
+                ErrorCode.INVALID_FIELD, f"the peer's SDP was refused: {type(exc).__name__}"
+            ) from exc
+        self._remote_fingerprint = fingerprint
+        if not self.is_offerer:
+            self._add_local_media()
+            await self._pc.setLocalDescription(await self._pc.createAnswer())
+            await self._send_local_description(SdpType.ANSWER)
+
+    async def _send_local_description(self, sdp_type: SdpType) -> None:
+        # The local description, not createOffer()/createAnswer()'s result: only
+        # this one carries the candidates gathered in setLocalDescription.
+        sdp: str = self._pc.localDescription.sdp
+        self._local_fingerprint = _fingerprint(sdp)
+        await self._send_signal(SignalSdp(session_id=self.session_id, sdp_type=sdp_type, sdp=sdp))
+
+    def _add_local_media(self) -> None:
+        """Where voice and video tracks will be added (addTrack / addTransceiver),
+        before the offer or the answer is made, so the first negotiation carries them.
+        A text-only call has none."""
+
+    # -- chat -----------------------------------------------------------------------
+
+    async def send_chat(self, text: str) -> str:
+        """Send one chat message; returns its id. Raises LocalProtocolError if the
+        text breaks the protocol's limits or the channel is not open, before sending."""
+        message = ChatMessage(
+            message_id=secrets.token_hex(8),
+            text=text,
+            sent_at_ms=now_ms(),
+            author=self.author,
+        )
+        frame = CHAT.encode(message)
+        self._check_chat_open()
+        self.chat.add_outgoing(
+            message_id=message.message_id,
+            author=message.author,
+            text=message.text,
+            sent_at_ms=message.sent_at_ms,
+        )
+        self._send_frame(frame)
+        return message.message_id
+
+    async def mark_read(self, message_ids: Iterable[str]) -> list[str]:
+        """Tell the peer these incoming messages were read: one frame for up to
+        ``RECEIPT_BATCH`` ids. Ids unknown or already marked are skipped; returns
+        the ids the receipt was sent for."""
+        pending = [
+            mid
+            for mid in dict.fromkeys(message_ids)  # dedupe, keep order
+            if (entry := self.chat.incoming(mid)) is not None and not entry.read_sent
+        ]
+        if not pending:
+            return []
+        self._check_chat_open()
+        for start in range(0, len(pending), RECEIPT_BATCH):
+            batch = tuple(pending[start : start + RECEIPT_BATCH])
+            self._send_message(ChatReceipt(message_ids=batch, state=ReceiptState.READ))
+        self.chat.mark_read(pending)
+        return pending
+
+    async def send_typing(self, active: bool) -> None:
+        """Tell the peer we started or stopped typing (only changes are sent)."""
+        if active == self._typing_sent:
+            return
+        self._check_chat_open()
+        self._send_message(ChatTyping(active=active))
+        self._typing_sent = active
+
+    def _send_message(self, message: Message) -> None:
+        self._send_frame(CHAT.encode(message))
+
+    def _send_frame(self, frame: str) -> None:
+        assert self._channel is not None
+        self._channel.send(frame)
+        self._frames_sent += 1
+        self._bytes_sent += len(frame.encode("utf-8"))
+
+    def _on_frame(self, data: str | bytes) -> None:
+        """A frame from the peer (aiortc calls this synchronously from its SCTP
+        receive path, so nothing may escape from here)."""
+        if self._closing:
+            return
+        self._frames_received += 1
+        self._bytes_received += len(data) if isinstance(data, bytes) else len(data.encode())
+        try:
+            message = CHAT.decode(data, Sender.PEER)
+        except RemoteProtocolError as exc:
+            self.bad_frames += 1
+            logger.info("dropped a chat frame: %s", exc.code.value)  # the code, never content
+            return
+        try:
+            self._dispatch(message)
+        except Exception as exc:
+            # A bug in a listener (a view) must not break the SCTP association.
+            logger.error("chat handling failed: %s", type(exc).__name__)
+
+    def _dispatch(self, message: Message) -> None:
+        if isinstance(message, ChatMessage):
+            try:
+                self.chat.add_incoming(
+                    message_id=message.message_id,
+                    author=message.author,
+                    text=message.text,
+                    sent_at_ms=message.sent_at_ms,
+                )
+            except ValueError:  # an id the peer already used: not a new message
+                self.bad_frames += 1
+                return
+            # Delivered as soon as it is in the log: the gray double check.
+            self._send_message(
+                ChatReceipt(message_ids=(message.message_id,), state=ReceiptState.DELIVERED)
+            )
+        elif isinstance(message, ChatReceipt):
+            self.chat.apply_receipt(message.message_ids, message.state)
+        elif isinstance(message, ChatTyping):
+            self.chat.set_peer_typing(message.active)
+
+    # -- aiortc events --------------------------------------------------------------
+
+    def _attach_channel(self, channel: RTCDataChannel) -> None:
+        self._channel = channel
+        channel.on("open", self.connected.set)
+        channel.on("message", self._on_frame)
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != CHAT_LABEL or self._channel is not None:
+            logger.warning("ignored an unexpected data channel from the peer")
+            return
+        self._attach_channel(channel)
+        # aiortc opens a channel announced by the peer before emitting "datachannel",
+        # so its "open" event has already passed.
+        if channel.readyState == "open":
+            self.connected.set()
+
+    def _on_connection_state(self) -> None:
+        raw: str = self._pc.connectionState
+        try:
+            state = CallState(raw)
+        except ValueError:
+            logger.warning("unknown connection state %r", raw)
+            return
+        if state is self._state:
+            return
+        self._state = state
+        if state is CallState.CLOSED:
+            self.closed.set()
+        self.state_listeners.fire(state)
+
+    # -- closing and stats ----------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the channel and the peer connection and forget the conversation.
+        Safe to call any number of times, also after the far end closed."""
+        if not self._closing:
+            self._closing = True
+            self.chat.clear()
+            if self._channel is not None:
+                self._channel.close()
+        # aiortc's close is idempotent: a second call waits for the first to finish.
+        await self._pc.close()
+        self.closed.set()
+
+    async def stats(self) -> CallStats:
+        local_type, remote_type = self._selected_candidate_types()
+        route: str | None = None
+        if local_type is not None and remote_type is not None:
+            route = "relayed" if "relay" in (local_type, remote_type) else "direct"
+        return CallStats(
+            state=self._state.value,
+            route=route,
+            local_candidate_type=local_type,
+            remote_candidate_type=remote_type,
+            chat_bytes_sent=self._bytes_sent,
+            chat_bytes_received=self._bytes_received,
+            chat_frames_sent=self._frames_sent,
+            chat_frames_received=self._frames_received,
+            bad_frames=self.bad_frames,
+        )
+
+    def _selected_candidate_types(self) -> tuple[str | None, str | None]:
+        """The candidate types of the pair ICE nominated for the chat transport.
+
+        aiortc exposes no selected pair (its getStats covers RTP only), so this reads
+        aioice's private ``_nominated`` table; any change there yields (None, None)
+        rather than an error.
+        """
+        sctp = self._pc.sctp
+        if sctp is None:
+            return None, None
+        try:
+            connection = sctp.transport.transport._connection
+            pair = connection._nominated.get(1)  # component 1: RTP/SCTP over bundle
+            if pair is None:
+                return None, None
+            return str(pair.local_candidate.type), str(pair.remote_candidate.type)
+        except AttributeError:
+            return None, None
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise LocalProtocolError(ErrorCode.BAD_STATE, "the call is closed")
+
+    def _check_chat_open(self) -> None:
+        self._check_open()
+        if not self.chat_open:
+            raise LocalProtocolError(ErrorCode.BAD_STATE, "the chat channel is not open")
