@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import itertools
 import logging
@@ -298,7 +299,7 @@ class SignalingClient:
         session update...); an ``error`` reply raises RequestError.
         """
         rid = next(self._rids) % (2**31)
-        request = type(message)(**{**_fields(message), "rid": rid})
+        request = dataclasses.replace(message, rid=rid)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         try:
@@ -323,7 +324,3 @@ class SignalingClient:
         if self.fatal is not None:
             raise self.fatal
         raise RequestError(ErrorCode.UNAVAILABLE.value, f"cannot reach {self.server}")
-
-
-def _fields(message: Message) -> dict[str, Any]:
-    return {name: getattr(message, name) for name in message.__dataclass_fields__}

@@ -11,6 +11,7 @@ Any refusal is an ``error`` frame to the sender; nothing else is disturbed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -756,7 +757,7 @@ class Hub:
                 session.offer_fingerprint, session.answer_fingerprint = fingerprint, None
             else:
                 session.answer_fingerprint = fingerprint
-        relay = msg.__class__(**{**_fields(msg), "rid": None})
+        relay = dataclasses.replace(msg, rid=None)
         if conn.party is Party.TECHNICIAN:
             await self._to_device(session, relay)
         else:
@@ -1005,7 +1006,3 @@ class Hub:
             "sessions": len(self.sessions),
             **self.metrics,
         }
-
-
-def _fields(message: Message) -> dict[str, Any]:
-    return {name: getattr(message, name) for name in message.__dataclass_fields__}

@@ -1,0 +1,161 @@
+"""``livesupport agent``: enrol the device, then run the resident agent.
+
+The Qt agent (tray, prompt, call window) is built on the same ``DeviceAgent``; until
+it lands, the agent runs headless, with a scripted device user for tests and the demo:
+it accepts invites as ``--accept``, reads every chat message as it arrives, replies
+with the ``--reply`` lines in turn, and reads and answers notifications.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from device_agent.agent import DeviceAgent, enrol
+from device_agent.state import AgentState, default_state_dir
+from peer.call import PeerCall
+from peer.chat import ChatEntry, DeliveryState
+from peer.signaling import RequestError
+from protocol.enrolment import BadEnrolmentCode
+from protocol.enums import Mode
+from protocol.messages import NotifyDeliver, SessionInvite
+
+log = logging.getLogger(__name__)
+
+
+class ScriptedUser:
+    """A device user who always answers the same way. Counts, never keeps, content."""
+
+    def __init__(self, agent_ref: list[DeviceAgent], args: argparse.Namespace) -> None:
+        self._agent_ref = agent_ref
+        self.accept: str = args.accept
+        self.replies: list[str] = list(args.reply)
+        self.notification_answer: str | None = args.notification_answer
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.counts = {
+            "invites": 0,
+            "accepted": 0,
+            "chat_received": 0,
+            "chat_sent": 0,
+            "chat_delivered": 0,
+            "chat_read": 0,
+            "notifications": 0,
+        }
+
+    @property
+    def agent(self) -> DeviceAgent:
+        return self._agent_ref[0]
+
+    async def on_invite(self, invite: SessionInvite) -> Mode | None:
+        self.counts["invites"] += 1
+        if self.accept == "reject":
+            return None
+        wanted = Mode(self.accept)
+        mode = wanted if wanted in invite.offered_modes else invite.offered_modes[-1]
+        self.counts["accepted"] += 1
+        return mode
+
+    def on_call(self, call: PeerCall) -> None:
+        def on_entry(entry: ChatEntry) -> None:
+            if entry.outgoing:
+                key = {DeliveryState.DELIVERED: "chat_delivered", DeliveryState.READ: "chat_read"}
+                if entry.state in key:
+                    self.counts[key[entry.state]] += 1
+                return
+            if entry.state is DeliveryState.DELIVERED:
+                self.counts["chat_received"] += 1
+                task = asyncio.ensure_future(self._read_and_reply(call, entry))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+        call.chat.listeners.add(on_entry)
+
+    async def _read_and_reply(self, call: PeerCall, entry: ChatEntry) -> None:
+        await call.mark_read([entry.message_id])
+        if self.replies:
+            await call.send_chat(self.replies.pop(0))
+            self.counts["chat_sent"] += 1
+
+    async def on_notification(self, note: NotifyDeliver) -> None:
+        self.counts["notifications"] += 1
+        await self.agent.mark_notification_read(note.notification_id)
+        if self.notification_answer:
+            await self.agent.answer_notification(note.notification_id, self.notification_answer)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="livesupport agent", description=__doc__)
+    parser.add_argument("--state", type=Path, default=None, help="state folder")
+    parser.add_argument("--enrol", metavar="CODE", help="enrol with this one-time code first")
+    parser.add_argument("--name", help="device name shown to technicians")
+    parser.add_argument("--headless", action="store_true", help="run without a display")
+    parser.add_argument(
+        "--accept",
+        choices=["text", "voice", "video", "reject"],
+        default="text",
+        help="headless: how the scripted user answers invites",
+    )
+    parser.add_argument("--reply", action="append", default=[], help="headless: chat replies")
+    parser.add_argument("--notification-answer", help="headless: answer notifications so")
+    parser.add_argument("--report-stdout", action="store_true", help="print counts on exit")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s agent %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    state = AgentState(args.state or default_state_dir())
+    try:
+        return asyncio.run(_run(state, args))
+    except (RequestError, BadEnrolmentCode) as exc:
+        print(f"livesupport agent: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _run(state: AgentState, args: argparse.Namespace) -> int:
+    if args.enrol:
+        device = await enrol(state, args.enrol, name=args.name)
+        print(f"enrolled as {device.device_id} with {device.server}", file=sys.stderr)
+    if not state.enrolled:
+        print("livesupport agent: not enrolled: pass --enrol CODE", file=sys.stderr)
+        return 2
+    if not args.headless:
+        print(
+            "livesupport agent: the Qt agent is not built yet; running headless",
+            file=sys.stderr,
+        )
+    agent_ref: list[DeviceAgent] = []
+    user = ScriptedUser(agent_ref, args)
+    agent = DeviceAgent(
+        state,
+        invite_handler=user.on_invite,
+        notification_handler=user.on_notification,
+        name=args.name,
+    )
+    agent_ref.append(agent)
+    agent.call_listeners.add(user.on_call)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await agent.start()
+    stopped = asyncio.ensure_future(agent.client.stopped.wait())
+    waiter = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({stopped, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    waiter.cancel()
+    fatal = agent.client.fatal
+    await agent.stop()
+    if args.report_stdout:
+        print(json.dumps({"agent": user.counts}), flush=True)
+    if fatal is not None:
+        print(f"livesupport agent: {fatal}", file=sys.stderr)
+        return 3
+    return 0

@@ -1,0 +1,340 @@
+"""The technician console's logic, without any display.
+
+Logs in over REST (pinned TLS), keeps the signaling connection, mirrors the devices in
+scope with their live statuses, starts and closes sessions, runs the call as the
+offerer, verifies the device's consent receipt, and sends notifications and follows
+their progress. The Qt console is a thin view over this object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+
+from aiortc import RTCIceServer
+
+from peer.call import PeerCall
+from peer.chat import Listeners
+from peer.signaling import Backoff, RequestError, SignalingClient, api_post
+from protocol import identity
+from protocol.codec import Message
+from protocol.enums import Mode, NotificationState, SessionState
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    AuthChallenge,
+    AuthOk,
+    AuthTechnician,
+    CallConnected,
+    CallHangup,
+    ConsentReceipt,
+    DeviceInfo,
+    DevicesSnapshot,
+    DevicesSubscribe,
+    DeviceUpdate,
+    NotifySend,
+    NotifySent,
+    NotifyUpdate,
+    SessionClose,
+    SessionConsent,
+    SessionStart,
+    SessionUpdate,
+    SignalCandidate,
+    SignalSdp,
+)
+
+log = logging.getLogger(__name__)
+
+FINAL = (SessionState.CLOSED, SessionState.REJECTED, SessionState.EXPIRED)
+
+
+@dataclass
+class ConsoleSession:
+    """One session as the console sees it (metadata and the live call)."""
+
+    session_id: str
+    device_id: str
+    mode: Mode
+    reason: str
+    state: SessionState = SessionState.INVITED
+    last_update: SessionUpdate | None = None
+    call: PeerCall | None = None
+    consent: ConsentReceipt | None = None
+    consent_verified: bool = False
+    consent_error: str | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def touch(self) -> None:
+        """Wake whoever waits on a change; they check the state themselves."""
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+@dataclass
+class NotificationProgress:
+    notification_id: str
+    device_ids: tuple[str, ...]
+    states: dict[str, NotificationState]
+    answers: dict[str, str] = field(default_factory=dict)
+    #: Every state each device reported, in order (the console shows the timeline).
+    history: dict[str, list[NotificationState]] = field(default_factory=dict)
+
+
+class ConsoleClient:
+    def __init__(
+        self,
+        server: str,
+        fingerprint: str,
+        *,
+        ice_servers: Sequence[RTCIceServer] = (),
+        backoff: Backoff = Backoff(),
+    ) -> None:
+        self.server = server
+        self.fingerprint = fingerprint
+        self.ice_servers = list(ice_servers)
+        self.token: str | None = None
+        self.display_name = ""
+        self.technician_id = ""
+        self.devices: dict[str, DeviceInfo] = {}
+        self.sessions: dict[str, ConsoleSession] = {}
+        self.notifications: dict[str, NotificationProgress] = {}
+        self.device_listeners: Listeners[DeviceInfo] = Listeners()
+        self.session_listeners: Listeners[ConsoleSession] = Listeners()
+        self.notification_listeners: Listeners[NotificationProgress] = Listeners()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._backoff = backoff
+        self.client: SignalingClient | None = None
+
+    # -- login and connection ---------------------------------------------------------
+
+    async def login(self, username: str, password: str) -> AuthOk:
+        reply = await api_post(
+            self.server,
+            self.fingerprint,
+            "/api/v1/login",
+            {"username": username, "password": password},
+        )
+        self.token = str(reply["token"])
+        self.display_name = str(reply["display_name"])
+        self.technician_id = str(reply["technician_id"])
+        self.client = SignalingClient(
+            self.server,
+            self.fingerprint,
+            authenticate=self._authenticate,
+            on_message=self._on_message,
+            on_online=self._on_online,
+            backoff=self._backoff,
+        )
+        self.client.start()
+        return await self.client.wait_online()
+
+    async def logout(self) -> None:
+        await self.close()
+        if self.token is not None:
+            await api_post(self.server, self.fingerprint, "/api/v1/logout", {}, token=self.token)
+            self.token = None
+
+    async def close(self) -> None:
+        for session in list(self.sessions.values()):
+            if session.call is not None:
+                await session.call.close()
+                session.call = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self.client is not None:
+            await self.client.close()
+
+    @property
+    def link(self) -> SignalingClient:
+        if self.client is None:
+            raise RequestError("unauthenticated", "log in first")
+        return self.client
+
+    def _authenticate(self, challenge: AuthChallenge) -> Message:
+        assert self.token is not None
+        return AuthTechnician(token=self.token)
+
+    async def _on_online(self, auth: AuthOk) -> None:
+        snapshot = await self.link.request(DevicesSubscribe())
+        if isinstance(snapshot, DevicesSnapshot):
+            self.devices = {d.device_id: d for d in snapshot.devices}
+            for device in snapshot.devices:
+                self.device_listeners.fire(device)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except (RequestError, ProtocolError) as exc:
+                log.warning("console task refused: %s", exc)
+            except Exception:
+                log.exception("console task failed")
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_message(self, message: Message) -> None:
+        if isinstance(message, DeviceUpdate):
+            self.devices[message.device.device_id] = message.device
+            self.device_listeners.fire(message.device)
+        elif isinstance(message, SessionUpdate):
+            await self._on_session_update(message)
+        elif isinstance(message, SignalSdp | SignalCandidate):
+            session = self.sessions.get(message.session_id)
+            if session is not None and session.call is not None:
+                await session.call.handle_signal(message)
+        elif isinstance(message, SessionConsent):
+            self._on_consent(message.receipt)
+        elif isinstance(message, CallHangup):
+            session = self.sessions.get(message.session_id)
+            if session is not None and session.call is not None:
+                call, session.call = session.call, None
+                await call.close()
+                session.touch()
+        elif isinstance(message, NotifyUpdate):
+            progress = self.notifications.get(message.notification_id)
+            if progress is not None:
+                progress.states[message.device_id] = message.state
+                progress.history.setdefault(message.device_id, []).append(message.state)
+                if message.answer is not None:
+                    progress.answers[message.device_id] = message.answer
+                self.notification_listeners.fire(progress)
+
+    # -- sessions ---------------------------------------------------------------------
+
+    async def start_session(self, device_id: str, mode: Mode, reason: str) -> ConsoleSession:
+        reply = await self.link.request(SessionStart(device_id=device_id, mode=mode, reason=reason))
+        assert isinstance(reply, SessionUpdate)
+        session = ConsoleSession(reply.session_id, device_id, mode, reason, reply.state, reply)
+        self.sessions[session.session_id] = session
+        self.session_listeners.fire(session)
+        return session
+
+    async def _on_session_update(self, update: SessionUpdate) -> None:
+        session = self.sessions.get(update.session_id)
+        if session is None:
+            # A session of ours from before a reconnect of the console.
+            session = ConsoleSession(
+                update.session_id, update.device_id, update.mode, "", update.state
+            )
+            self.sessions[session.session_id] = session
+        session.state = update.state
+        session.mode = update.mode
+        session.last_update = update
+        if update.state is SessionState.CONNECTING and session.call is None:
+            # Accepted (or resumed): the technician's side offers.
+            session.call = self._new_call(session)
+            self._spawn(session.call.start())
+        if update.state in FINAL and session.call is not None:
+            call, session.call = session.call, None
+            await call.close()
+        session.touch()
+        self.session_listeners.fire(session)
+
+    def _new_call(self, session: ConsoleSession) -> PeerCall:
+        call = PeerCall(
+            session_id=session.session_id,
+            is_offerer=True,
+            author=self.display_name or "Technician",
+            send_signal=self.link.send,
+            ice_servers=self.ice_servers,
+        )
+
+        async def report_connected() -> None:
+            await call.connected.wait()
+            await self.link.request(CallConnected(session_id=session.session_id))
+            session.touch()
+
+        self._spawn(report_connected())
+        return call
+
+    def _on_consent(self, receipt: ConsentReceipt) -> None:
+        """Verify the device's signature and that it binds *this* call's fingerprints."""
+        session = self.sessions.get(receipt.session_id)
+        if session is None:
+            return
+        session.consent = receipt
+        device = self.devices.get(receipt.device_id)
+        call = session.call
+        try:
+            if device is None:
+                raise RequestError("not_found", "the device is not in the inventory")
+            identity.verify_consent(identity.load_public_key(device.public_key), receipt)
+            if call is None or (
+                receipt.offer_fingerprint != call.local_fingerprint
+                or receipt.answer_fingerprint != call.remote_fingerprint
+            ):
+                raise RequestError(
+                    "fingerprint_mismatch", "the receipt is not bound to this call's DTLS keys"
+                )
+        except (RequestError, ProtocolError) as exc:
+            session.consent_verified = False
+            session.consent_error = str(exc)
+            log.error("consent receipt refused for %s: %s", receipt.session_id, exc)
+        else:
+            session.consent_verified = True
+            session.consent_error = None
+        session.touch()
+        self.session_listeners.fire(session)
+
+    async def wait_session(
+        self, session: ConsoleSession, states: Sequence[SessionState], timeout_s: float = 30.0
+    ) -> SessionState:
+        async def wait() -> SessionState:
+            while session.state not in states:
+                await session.changed.wait()
+            return session.state
+
+        return await asyncio.wait_for(wait(), timeout_s)
+
+    async def hang_up(self, session_id: str) -> None:
+        session = self.sessions[session_id]
+        if session.call is not None:
+            call, session.call = session.call, None
+            await call.close()
+        await self.link.request(CallHangup(session_id=session_id))
+
+    async def close_session(self, session_id: str) -> None:
+        await self.link.request(SessionClose(session_id=session_id))
+
+    async def write_summary(self, session_id: str, **fields: str) -> None:
+        assert self.token is not None
+        await api_post(
+            self.server,
+            self.fingerprint,
+            f"/api/v1/sessions/{session_id}/summary",
+            fields,
+            token=self.token,
+        )
+
+    # -- notifications ----------------------------------------------------------------
+
+    async def notify(
+        self,
+        *,
+        title: str,
+        body: str,
+        device_ids: Sequence[str] = (),
+        group_id: str | None = None,
+        ttl_s: int = 24 * 3600,
+    ) -> NotificationProgress:
+        reply = await self.link.request(
+            NotifySend(
+                device_ids=tuple(device_ids),
+                group_id=group_id,
+                title=title,
+                body=body,
+                ttl_s=ttl_s,
+            )
+        )
+        assert isinstance(reply, NotifySent)
+        progress = NotificationProgress(
+            reply.notification_id,
+            reply.device_ids,
+            dict.fromkeys(reply.device_ids, NotificationState.SENT),
+        )
+        self.notifications[progress.notification_id] = progress
+        self.notification_listeners.fire(progress)
+        return progress
