@@ -10,6 +10,7 @@ The report (JSON) holds every step's outcome and timings, never chat content.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -18,9 +19,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 DEVICE_REPLIES = ("Hi! It is the one on the second floor.", "It works now, thank you!")
 NOTIFICATION_ANSWER = "That is fine, thanks."
@@ -89,96 +90,120 @@ def run(out: Path, *, timeout_s: float = 120.0) -> dict[str, Any]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     processes: list[subprocess.Popen[bytes]] = []
     started = time.monotonic()
-    try:
-        server = subprocess.Popen(
-            _livesupport(
-                "server", "--port", "0", "--data", str(server_data), "--ready-file", str(ready)
-            ),
-            stdout=(logs / "server.log").open("wb"),
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        processes.append(server)
-        info = _wait_file(ready, server, 30)
-        _admin(server_data, "group-add", "Demo tablets")
-        password = secrets.token_urlsafe(12)
-        _admin(
-            server_data,
-            "technician-add",
+    with contextlib.ExitStack() as files:
+
+        def log_file(name: str) -> IO[bytes]:
+            return files.enter_context((logs / name).open("wb"))
+
+        try:
+            return _run_parts(
+                out, server_data, agent_state, ready, env, processes, log_file, started, timeout_s
+            )
+        finally:
+            for process in reversed(processes):
+                _stop(process)
+                for stream in (process.stdout, process.stderr):
+                    if stream is not None:
+                        stream.close()
+
+
+def _run_parts(
+    out: Path,
+    server_data: Path,
+    agent_state: Path,
+    ready: Path,
+    env: dict[str, str],
+    processes: list[subprocess.Popen[bytes]],
+    log_file: Callable[[str], IO[bytes]],
+    started: float,
+    timeout_s: float,
+) -> dict[str, Any]:
+    server = subprocess.Popen(
+        _livesupport(
+            "server", "--port", "0", "--data", str(server_data), "--ready-file", str(ready)
+        ),
+        stdout=log_file("server.log"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    processes.append(server)
+    info = _wait_file(ready, server, 30)
+    _admin(server_data, "group-add", "Demo tablets")
+    password = secrets.token_urlsafe(12)
+    _admin(
+        server_data,
+        "technician-add",
+        "demo-tech",
+        "--name",
+        "Dana Demo",
+        "--organisation",
+        "Demo IT",
+        "--group",
+        "Demo tablets",
+        "--password-stdin",
+        stdin=password + "\n",
+    )
+    code = _admin(server_data, "enrolment-token", "Demo tablets", "--server", info["url"])
+    agent_args = ["agent", "--state", str(agent_state), "--enrol", code["code"]]
+    agent_args += ["--name", "Demo tablet", "--headless", "--accept", "text"]
+    for reply in DEVICE_REPLIES:
+        agent_args += ["--reply", reply]
+    agent_args += ["--notification-answer", NOTIFICATION_ANSWER, "--report-stdout"]
+    agent = subprocess.Popen(
+        _livesupport(*agent_args),
+        stdout=subprocess.PIPE,
+        stderr=log_file("agent.log"),
+        env=env,
+    )
+    processes.append(agent)
+    console_report = out / "console-report.json"
+    console = subprocess.run(
+        _livesupport(
+            "console",
+            "--headless",
+            "--server",
+            info["url"],
+            "--fingerprint",
+            info["fingerprint"],
+            "--user",
             "demo-tech",
-            "--name",
-            "Dana Demo",
-            "--organisation",
-            "Demo IT",
-            "--group",
-            "Demo tablets",
             "--password-stdin",
-            stdin=password + "\n",
-        )
-        code = _admin(server_data, "enrolment-token", "Demo tablets", "--server", info["url"])
-        agent_args = ["agent", "--state", str(agent_state), "--enrol", code["code"]]
-        agent_args += ["--name", "Demo tablet", "--headless", "--accept", "text"]
-        for reply in DEVICE_REPLIES:
-            agent_args += ["--reply", reply]
-        agent_args += ["--notification-answer", NOTIFICATION_ANSWER, "--report-stdout"]
-        agent = subprocess.Popen(
-            _livesupport(*agent_args),
-            stdout=subprocess.PIPE,
-            stderr=(logs / "agent.log").open("wb"),
-            env=env,
-        )
-        processes.append(agent)
-        console_report = out / "console-report.json"
-        console = subprocess.run(
-            _livesupport(
-                "console",
-                "--headless",
-                "--server",
-                info["url"],
-                "--fingerprint",
-                info["fingerprint"],
-                "--user",
-                "demo-tech",
-                "--password-stdin",
-                "--script",
-                "demo",
-                "--expected-replies",
-                str(len(DEVICE_REPLIES)),
-                "--report",
-                str(console_report),
-            ),
-            input=(password + "\n").encode(),
-            stdout=(logs / "console.log").open("wb"),
-            stderr=subprocess.STDOUT,
-            env=env,
-            timeout=timeout_s,
-            check=False,
-        )
-        report: dict[str, Any] = {}
-        if console_report.exists():
-            report.update(json.loads(console_report.read_text()))
-        report["console.exit_code"] = console.returncode
-        _stop(agent)
-        agent_out = agent.stdout.read().decode() if agent.stdout else ""
-        agent_counts: dict[str, int] = {}
-        for line in agent_out.splitlines():
-            if line.startswith("{"):
-                agent_counts = json.loads(line).get("agent", {})
-        report["agent.counts"] = agent_counts
-        sent_both = report.get("chat.console_sent", 0) + agent_counts.get("chat_sent", 0)
-        delivered = report.get("chat.console_delivered", 0) + agent_counts.get("chat_delivered", 0)
-        read = report.get("chat.console_read", 0) + agent_counts.get("chat_read", 0)
-        report["chat.sent"] = sent_both
-        report["chat.delivered"] = sent_both > 0 and delivered == sent_both
-        report["chat.read"] = sent_both > 0 and read == sent_both
-        report["chat.delivered_count"] = delivered
-        report["chat.read_count"] = read
-        report["demo.seconds"] = round(time.monotonic() - started, 2)
-        report["ok"] = all(bool(report.get(key)) for key in REQUIRED_TRUE)
-        return report
-    finally:
-        for process in reversed(processes):
-            _stop(process)
+            "--script",
+            "demo",
+            "--expected-replies",
+            str(len(DEVICE_REPLIES)),
+            "--report",
+            str(console_report),
+        ),
+        input=(password + "\n").encode(),
+        stdout=log_file("console.log"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        timeout=timeout_s,
+        check=False,
+    )
+    report: dict[str, Any] = {}
+    if console_report.exists():
+        report.update(json.loads(console_report.read_text()))
+    report["console.exit_code"] = console.returncode
+    _stop(agent)
+    agent_out = agent.stdout.read().decode() if agent.stdout else ""
+    agent_counts: dict[str, int] = {}
+    for line in agent_out.splitlines():
+        if line.startswith("{"):
+            agent_counts = json.loads(line).get("agent", {})
+    report["agent.counts"] = agent_counts
+    sent_both = report.get("chat.console_sent", 0) + agent_counts.get("chat_sent", 0)
+    delivered = report.get("chat.console_delivered", 0) + agent_counts.get("chat_delivered", 0)
+    read = report.get("chat.console_read", 0) + agent_counts.get("chat_read", 0)
+    report["chat.sent"] = sent_both
+    report["chat.delivered"] = sent_both > 0 and delivered == sent_both
+    report["chat.read"] = sent_both > 0 and read == sent_both
+    report["chat.delivered_count"] = delivered
+    report["chat.read_count"] = read
+    report["demo.seconds"] = round(time.monotonic() - started, 2)
+    report["ok"] = all(bool(report.get(key)) for key in REQUIRED_TRUE)
+    return report
 
 
 def _print_table(report: dict[str, Any]) -> None:

@@ -1,0 +1,96 @@
+"""Shared fixtures: a real server on loopback with real SQLite, and real clients."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from protocol.enums import Mode, Role
+from signaling_server.config import ServerConfig
+from signaling_server.server import RunningServer
+from signaling_server.store import Group, Store, Technician
+
+PASSWORD = "correct horse battery"
+
+
+@dataclasses.dataclass
+class Lab:
+    """A running server with two groups, technicians of every role and their scope."""
+
+    server: RunningServer
+    store: Store
+    config: ServerConfig
+    tablets: Group
+    desktops: Group
+    admin: Technician
+    tech: Technician  # technician, scope: tablets
+    other_tech: Technician  # technician, scope: desktops
+    supervisor: Technician  # supervisor, scope: tablets
+    viewer: Technician  # viewer, scope: tablets
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def fingerprint(self) -> str:
+        return self.server.fingerprint
+
+    async def enrolment_code(self, group: Group | None = None, ttl_s: int = 600) -> str:
+        from protocol.enrolment import EnrolmentCode
+
+        token = await self.store.issue_enrolment_token(
+            (group or self.tablets).id, created_by="test", ttl_s=ttl_s
+        )
+        return EnrolmentCode(server=self.url, token=token, fingerprint=self.fingerprint).encode()
+
+
+def lab_config(tmp_path: Path, **overrides: object) -> ServerConfig:
+    base = ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp_path / "server",
+        invite_timeout_s=5.0,
+        grace_s=2.0,
+        heartbeat_s=5.0,
+    )
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
+    config = lab_config(tmp_path)
+    server = await RunningServer(config).start()
+    assert server.app is not None
+    from signaling_server.app import STORE
+
+    store = server.app[STORE]
+    tablets = await store.create_group("Tablets")
+    desktops = await store.create_group("Desktops", allowed_modes=(Mode.TEXT,))
+
+    async def make(username: str, role: Role, group: Group) -> Technician:
+        return await store.create_technician(
+            username,
+            PASSWORD,
+            display_name=username.replace("-", " ").title(),
+            role=role,
+            organisation="Test IT",
+            groups=[group.id],
+        )
+
+    yield Lab(
+        server=server,
+        store=store,
+        config=config,
+        tablets=tablets,
+        desktops=desktops,
+        admin=await make("admin", Role.ADMIN, tablets),
+        tech=await make("tech", Role.TECHNICIAN, tablets),
+        other_tech=await make("other-tech", Role.TECHNICIAN, desktops),
+        supervisor=await make("super", Role.SUPERVISOR, tablets),
+        viewer=await make("viewer", Role.VIEWER, tablets),
+    )
+    await server.stop()

@@ -1,0 +1,58 @@
+"""End to end across real processes: `livesupport demo` starts a server, an agent and
+a console as separate processes on loopback and plays a full text session and a
+notification round. Then we check that nothing of the conversation reached the
+agent's disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tech_console import demo, scripted
+
+pytestmark = pytest.mark.e2e
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+@pytest.mark.timeout(180)
+def test_demo_plays_a_full_session_across_processes(tmp_path: Path) -> None:
+    report = demo.run(tmp_path / "demo", timeout_s=90)
+
+    for key in demo.REQUIRED_TRUE:
+        assert report.get(key), f"{key} is {report.get(key)!r}: {report}"
+    assert report["chat.sent"] == len(scripted.DEMO_MESSAGES) + len(demo.DEVICE_REPLIES)
+    assert report["chat.delivered_count"] == report["chat.sent"]
+    assert report["chat.read_count"] == report["chat.sent"]
+    assert report["session.setup_ms"] > 0
+    assert report["chat.rtt_ms_p50"] > 0
+    assert report["device.status_during"] == "connected"
+    assert report["device.status_after"] == "disconnected"
+    assert report["session.chat_cleared"] is True
+    assert report["call.route"] == "direct"
+
+
+@pytest.mark.timeout(180)
+def test_no_conversation_content_reaches_the_agents_disk(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    report = demo.run(out, timeout_s=90)
+    assert report["ok"], report
+
+    canaries = [*scripted.DEMO_MESSAGES, *demo.DEVICE_REPLIES, demo.NOTIFICATION_ANSWER]
+    agent_files = _files(out / "agent-state")
+    # The agent keeps its identity, its key and nothing else.
+    assert sorted(p.name for p in agent_files) == ["device-key.pem", "identity.json"]
+    # Neither its state nor its log (stderr) holds a word of the conversation.
+    for path in [*agent_files, out / "logs" / "agent.log"]:
+        content = path.read_bytes()
+        for canary in canaries:
+            assert canary.encode() not in content, f"{canary!r} found in {path}"
+    # The server keeps metadata only: no chat line in its database or log. (The
+    # notification answer is stored server-side on purpose: store-and-forward.)
+    for path in _files(out / "server-data") + [out / "logs" / "server.log"]:
+        content = path.read_bytes()
+        for canary in [*scripted.DEMO_MESSAGES, *demo.DEVICE_REPLIES]:
+            assert canary.encode() not in content, f"{canary!r} found in {path}"
