@@ -156,6 +156,12 @@ class SignalingClient:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._handlers: set[asyncio.Task[None]] = set()
+        # Frames are handled one at a time, in arrival order, by one consumer: a
+        # handler that awaits (applying an SDP answer) must be done before the next
+        # frame (the consent receipt bound to that answer) is looked at. The reader
+        # never waits for handlers, so replies to requests are never stuck behind them.
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._consumer: asyncio.Task[None] | None = None
 
     def _set_state(self, state: LinkState) -> None:
         self.state = state
@@ -169,7 +175,16 @@ class SignalingClient:
     def start(self) -> asyncio.Task[None]:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="signaling-client")
+            self._consumer = asyncio.create_task(self._consume(), name="signaling-handlers")
         return self._task
+
+    async def _consume(self) -> None:
+        while True:
+            message = await self._inbox.get()
+            try:
+                await self._on_message(message)
+            except Exception:
+                log.exception("handler for %s failed", message.TYPE)
 
     async def close(self) -> None:
         self._closing = True
@@ -179,7 +194,7 @@ class SignalingClient:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for task in list(self._handlers):
+        for task in [*self._handlers, *([self._consumer] if self._consumer else [])]:
             task.cancel()
         self._set_state(LinkState.STOPPED)
         self.stopped.set()
@@ -245,7 +260,7 @@ class SignalingClient:
                 if isinstance(message, Error) and not authenticated:
                     self.fatal = RequestError(message.code.value, message.message)
                     continue
-                self._dispatch(self._on_message(message))
+                self._inbox.put_nowait(message)
             close_code = ws.close_code
         self._ws = None
         if close_code in FATAL_CLOSE_CODES and not self._closing:

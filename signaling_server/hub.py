@@ -615,9 +615,8 @@ class Hub:
             mode=msg.mode.value,
             reason=msg.reason,
         )
-        loop = asyncio.get_running_loop()
-        session.timers["invite"] = loop.call_later(
-            self.config.invite_timeout_s, self._spawn, self._invite_timed_out(session)
+        session.timers["invite"] = self._later(
+            self.config.invite_timeout_s, self._invite_timed_out, session
         )
         await self.send(conn, self._update(session, rid=msg.rid))
         await self._to_device(
@@ -831,6 +830,14 @@ class Hub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _later(
+        self, delay_s: float, function: Callable[..., Awaitable[None]], *args: Any
+    ) -> asyncio.TimerHandle:
+        """Run ``function(*args)`` as a task after ``delay_s``. The coroutine is made
+        only when the timer fires, so a cancelled timer leaves nothing un-awaited."""
+        loop = asyncio.get_running_loop()
+        return loop.call_later(delay_s, lambda: self._spawn(function(*args)))
+
     def _start_grace(
         self,
         *,
@@ -849,11 +856,8 @@ class Hub:
             self._spawn(self._end_session(session, CloseReason.CANCELLED, Party.SERVER))
             return
         session.cancel_timer(timer)
-        loop = asyncio.get_running_loop()
-        session.timers[timer] = loop.call_later(
-            self.config.grace_s,
-            self._spawn,
-            self._end_session(session, reason, Party.SERVER),
+        session.timers[timer] = self._later(
+            self.config.grace_s, self._end_session, session, reason, Party.SERVER
         )
 
     def _cancel_grace(self, *, device_id: str) -> None:

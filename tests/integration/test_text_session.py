@@ -1,0 +1,229 @@
+"""A real device agent and a real console client against a real server, in one
+process: real aiortc peer connections on loopback, real SQLite, real TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from device_agent.agent import DeviceAgent, enrol
+from device_agent.state import AgentState, ServiceConfig
+from peer.chat import DeliveryState
+from peer.signaling import Backoff, RequestError
+from protocol.enums import LiveSupportStatus, Mode, NotificationState, SessionState
+from protocol.messages import NotifyDeliver, SessionInvite
+from tech_console.client import ConsoleClient
+from tests.conftest import PASSWORD, Lab
+
+FAST = Backoff(base_s=0.05, cap_s=0.5)
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait, with a deadline, for a condition that network callbacks make true.
+
+    The conditions span several objects (call, chat log, inventory), so this polls
+    the state every 10 ms rather than wiring an event into each; it never sleeps a
+    fixed time hoping something happened.
+    """
+
+    async def wait() -> None:
+        while not predicate():  # noqa: ASYNC110 (see the docstring)
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(wait(), timeout_s)
+
+
+@dataclass
+class Pair:
+    agent: DeviceAgent
+    console: ConsoleClient
+    answers: asyncio.Queue[SessionInvite]
+    decision: list[Mode | None]
+    notes: asyncio.Queue[NotifyDeliver]
+
+    @property
+    def device_id(self) -> str:
+        return self.agent.device.device_id
+
+
+@pytest.fixture
+async def pair(lab: Lab, tmp_path: Path) -> AsyncIterator[Pair]:
+    state = AgentState(tmp_path / "agent")
+    await enrol(state, await lab.enrolment_code(), name="Tablet 7")
+    answers: asyncio.Queue[SessionInvite] = asyncio.Queue()
+    notes: asyncio.Queue[NotifyDeliver] = asyncio.Queue()
+    decision: list[Mode | None] = [Mode.TEXT]
+
+    async def on_invite(invite: SessionInvite) -> Mode | None:
+        await answers.put(invite)
+        return decision[0]
+
+    async def on_note(note: NotifyDeliver) -> None:
+        await notes.put(note)
+
+    agent = DeviceAgent(state, invite_handler=on_invite, notification_handler=on_note, backoff=FAST)
+    await agent.start()
+    await agent.client.wait_online()
+    console = ConsoleClient(lab.url, lab.fingerprint, backoff=FAST)
+    await console.login("tech", PASSWORD)
+    device_id = agent.device.device_id
+    await until(
+        lambda: (
+            device_id in console.devices
+            and console.devices[device_id].status is LiveSupportStatus.DISCONNECTED
+            and console.devices[device_id].online
+        )
+    )
+    yield Pair(agent, console, answers, decision, notes)
+    await console.close()
+    await agent.stop()
+
+
+async def test_text_session_with_receipts_both_ways(pair: Pair) -> None:
+    console, agent = pair.console, pair.agent
+    session = await console.start_session(pair.device_id, Mode.TEXT, "ticket INC-1")
+    invite = await asyncio.wait_for(pair.answers.get(), 5)
+    assert invite.technician.display_name == "Tech"
+    assert invite.technician.organisation == "Test IT"
+    assert invite.reason == "ticket INC-1"
+    await until(lambda: session.call is not None and session.call.chat_open)
+    await until(lambda: session.consent_verified)
+    await until(lambda: agent.session is not None and agent.session.call is not None)
+    assert agent.session is not None
+    assert agent.session.call is not None
+    device_call = agent.session.call
+    await until(lambda: device_call.chat_open)
+    assert agent.status is LiveSupportStatus.CONNECTED
+    await until(lambda: console.devices[pair.device_id].status is LiveSupportStatus.CONNECTED)
+    tech_call = session.call
+    assert tech_call is not None
+
+    mid = await tech_call.send_chat("Hello from the technician")
+    await until(
+        lambda: (
+            (e := tech_call.chat.outgoing(mid)) is not None and e.state is DeliveryState.DELIVERED
+        )
+    )
+    incoming = device_call.chat.incoming(mid)
+    assert incoming is not None
+    assert incoming.text == "Hello from the technician"
+    await device_call.mark_read([mid])
+    await until(
+        lambda: (e := tech_call.chat.outgoing(mid)) is not None and e.state is DeliveryState.READ
+    )
+
+    reply = await device_call.send_chat("Hello from the device")
+    await until(lambda: tech_call.chat.incoming(reply) is not None)
+    await tech_call.mark_read([reply])
+    await until(
+        lambda: (
+            (e := device_call.chat.outgoing(reply)) is not None and e.state is DeliveryState.READ
+        )
+    )
+
+    await console.close_session(session.session_id)
+    await console.wait_session(session, [SessionState.CLOSED])
+    await until(lambda: agent.session is None)
+    assert len(device_call.chat) == 0, "the device's chat must be gone with the session"
+    await until(lambda: console.devices[pair.device_id].status is LiveSupportStatus.DISCONNECTED)
+
+
+async def test_hang_up_keeps_the_session_and_resume_needs_no_new_prompt(pair: Pair) -> None:
+    console, agent = pair.console, pair.agent
+    session = await console.start_session(pair.device_id, Mode.VOICE, "ticket INC-2")
+    invite = await asyncio.wait_for(pair.answers.get(), 5)
+    assert invite.offered_modes == (Mode.VOICE, Mode.TEXT)
+    await until(lambda: session.call is not None and session.call.chat_open)
+    first_receipt = session.consent
+    await until(lambda: session.consent_verified)
+
+    await agent.hang_up()
+    await console.wait_session(session, [SessionState.CALL_ENDED])
+    assert agent.status is LiveSupportStatus.CONNECTED  # the session is still open
+    await until(lambda: session.call is None)
+
+    await agent.resume()
+    await console.wait_session(session, [SessionState.CONNECTING, SessionState.IN_CALL])
+    await until(lambda: session.call is not None and session.call.chat_open)
+    await until(lambda: session.consent is not first_receipt and session.consent_verified)
+    assert pair.answers.empty(), "resuming must not prompt the device user again"
+
+    await console.close_session(session.session_id)
+    await console.wait_session(session, [SessionState.CLOSED])
+
+
+async def test_rejection_and_timeout(pair: Pair, lab: Lab) -> None:
+    pair.decision[0] = None
+    session = await pair.console.start_session(pair.device_id, Mode.VIDEO, "ticket INC-3")
+    assert await pair.console.wait_session(session, [SessionState.REJECTED]) is (
+        SessionState.REJECTED
+    )
+    assert session.call is None
+    rows = {r.id: r for r in await lab.store.sessions()}
+    assert rows[session.session_id].state == "rejected"
+
+
+async def test_disabled_service_refuses_sessions_and_shows_disabled(pair: Pair) -> None:
+    await pair.agent.set_service(ServiceConfig(installed=True, enabled=False))
+    await until(lambda: pair.console.devices[pair.device_id].status is LiveSupportStatus.DISABLED)
+    assert pair.agent.status is LiveSupportStatus.DISABLED
+    with pytest.raises(RequestError) as refused:
+        await pair.console.start_session(pair.device_id, Mode.TEXT, "ticket INC-4")
+    assert refused.value.code == "unavailable"
+    await pair.agent.set_service(ServiceConfig(installed=False, enabled=False))
+    await until(
+        lambda: pair.console.devices[pair.device_id].status is LiveSupportStatus.NOT_INSTALLED
+    )
+
+
+async def test_notification_delivered_read_and_answered(pair: Pair) -> None:
+    progress = await pair.console.notify(
+        title="Update", body="Please restart tonight", device_ids=[pair.device_id]
+    )
+    note = await asyncio.wait_for(pair.notes.get(), 5)
+    assert note.body == "Please restart tonight"
+    await until(lambda: progress.states[pair.device_id] is NotificationState.DELIVERED)
+    await pair.agent.mark_notification_read(note.notification_id)
+    await until(lambda: progress.states[pair.device_id] is NotificationState.READ)
+    await pair.agent.answer_notification(note.notification_id, "OK, will do")
+    await until(lambda: progress.states[pair.device_id] is NotificationState.ANSWERED)
+    assert progress.answers[pair.device_id] == "OK, will do"
+    assert progress.history[pair.device_id] == [
+        NotificationState.DELIVERED,
+        NotificationState.READ,
+        NotificationState.ANSWERED,
+    ]
+
+
+async def test_agent_reconnects_after_losing_its_connection(pair: Pair, lab: Lab) -> None:
+    made = pair.agent.client.connections_made
+    ws = pair.agent.client._ws
+    assert ws is not None
+    await ws.close()
+    await until(lambda: pair.agent.client.connections_made > made and pair.agent.online)
+    await until(lambda: pair.console.devices[pair.device_id].online)
+
+
+async def test_audit_has_metadata_and_no_chat(pair: Pair, lab: Lab) -> None:
+    session = await pair.console.start_session(pair.device_id, Mode.TEXT, "ticket INC-5")
+    await until(lambda: session.call is not None and session.call.chat_open)
+    assert session.call is not None
+    await session.call.send_chat("canary-7f3a9 secret words")
+    await until(lambda: session.consent_verified)
+    await pair.console.close_session(session.session_id)
+    await pair.console.wait_session(session, [SessionState.CLOSED])
+    row = next(r for r in await lab.store.sessions() if r.id == session.session_id)
+    assert row.consent_receipt is not None
+    assert row.reason == "ticket INC-5"
+    assert row.accepted_mode == "text"
+    assert row.closed_at_ms is not None
+    dump = json.dumps([vars(r) for r in await lab.store.audit_rows()], default=str)
+    assert "canary-7f3a9" not in dump
+    assert "canary-7f3a9" not in json.dumps(
+        {k: v for k, v in vars(row).items() if not k.startswith("_")}, default=str
+    )
