@@ -13,6 +13,7 @@ Routes (all under TLS):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -237,8 +238,26 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+#: How often the server looks for devices revoked by another process (the admin CLI).
+REVOCATION_SWEEP_S = 2.0
+
+
+async def _sweep_revocations(hub: Hub) -> None:
+    while True:
+        await asyncio.sleep(REVOCATION_SWEEP_S)
+        try:
+            for device_id in await hub.store.revoked_among(list(hub.devices_online)):
+                await hub.device_revoked(device_id)
+        except Exception:
+            log.exception("revocation sweep failed")
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    sweeper = asyncio.create_task(_sweep_revocations(app[HUB]), name="revocation-sweep")
     yield
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
     open_sockets = app[SOCKETS]
     for ws in list(open_sockets):
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")

@@ -558,6 +558,14 @@ class Store:
                 update(DeviceRow).where(DeviceRow.id == device_id).values(last_seen_ms=now_ms())
             )
 
+    async def revoked_among(self, device_ids: Sequence[str]) -> list[str]:
+        """Which of these devices are revoked (the admin CLI revokes out of process)."""
+        if not device_ids:
+            return []
+        query = select(DeviceRow.id).where(DeviceRow.id.in_(list(device_ids)), DeviceRow.revoked)
+        async with self.tx() as db:
+            return list((await db.scalars(query)).all())
+
     async def revoke_device(self, device_id: str) -> None:
         async with self.tx() as db:
             result = await db.execute(

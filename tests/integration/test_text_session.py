@@ -227,3 +227,14 @@ async def test_audit_has_metadata_and_no_chat(pair: Pair, lab: Lab) -> None:
     assert "canary-7f3a9" not in json.dumps(
         {k: v for k, v in vars(row).items() if not k.startswith("_")}, default=str
     )
+
+
+async def test_revocation_by_another_process_disconnects_within_seconds(
+    pair: Pair, lab: Lab
+) -> None:
+    # The admin CLI writes the revocation to the database from its own process; the
+    # server's sweep notices and closes the device's socket for good.
+    await lab.store.revoke_device(pair.device_id)
+    await asyncio.wait_for(pair.agent.client.stopped.wait(), 10)
+    assert pair.agent.client.fatal is not None
+    assert "revoked" in str(pair.agent.client.fatal)
