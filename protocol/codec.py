@@ -58,6 +58,12 @@ def _fail(path: str, why: str, code: ErrorCode = ErrorCode.INVALID_FIELD) -> Rem
     return RemoteProtocolError(code, f"{path}: {why}")
 
 
+def _shown(name: str) -> str:
+    """A peer-chosen name, quoted and cut short: error messages go back to the peer in
+    an ``error`` frame, whose ``message`` holds at most 500 characters."""
+    return repr(name[:64])
+
+
 def _text_converter(spec: Text) -> Convert:
     pattern = spec.compiled()
     allowed_controls = {"\t", "\n", "\r"} if spec.multiline else set()
@@ -149,7 +155,7 @@ class _ObjectSchema:
             raise _fail(path, "must be an object")
         unknown = obj.keys() - self.converters.keys()
         if unknown:
-            raise _fail(path, f"unknown field {sorted(unknown)[0]!r}")
+            raise _fail(path, f"unknown field {_shown(sorted(unknown)[0])}")
         missing = self.required - obj.keys()
         if missing:
             raise _fail(path, f"missing field {sorted(missing)[0]!r}")
@@ -196,7 +202,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {_shown(key)}")
         result[key] = value
     return result
 
@@ -260,7 +266,14 @@ class Registry:
             raise LocalProtocolError(
                 ErrorCode.UNKNOWN_TYPE, f"{type(message).__name__} is not a {self.name} message"
             )
-        frame = json.dumps(to_wire_dict(message), ensure_ascii=False, separators=(",", ":"))
+        try:
+            frame = json.dumps(to_wire_dict(message), ensure_ascii=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            # A field holding something JSON cannot carry (bytes, an integer too long
+            # to print): our bug, reported like every other invalid message we build.
+            raise LocalProtocolError(
+                ErrorCode.INVALID_FIELD, f"{message.TYPE} cannot be encoded: {exc}"
+            ) from None
         # Check our own output with the same rules the peer will apply: a message we
         # could not decode ourselves must never leave.
         try:
@@ -306,8 +319,9 @@ class Registry:
             raise RemoteProtocolError(ErrorCode.UNKNOWN_TYPE, "missing message type")
         cls = self._classes.get(wire_type)
         if cls is None:
-            shown = wire_type[:64]
-            raise RemoteProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {shown!r}")
+            raise RemoteProtocolError(
+                ErrorCode.UNKNOWN_TYPE, f"unknown message type {_shown(wire_type)}"
+            )
         if sender is not None and not (cls.SENDERS & sender):
             raise RemoteProtocolError(
                 ErrorCode.UNKNOWN_TYPE, f"{wire_type!r} may not be sent by a {sender.name}"

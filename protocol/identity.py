@@ -131,17 +131,28 @@ def verify_challenge(
 
 
 def sdp_fingerprint(sdp: str) -> str:
-    """The DTLS fingerprint an SDP announces, as ``"sha-256 AB:CD:..."``.
+    """The SHA-256 DTLS fingerprint an SDP announces, as ``"sha-256 AB:CD:..."``.
 
-    All media sections of one aiortc peer connection share one certificate; if an SDP
-    names two different ones it is refused, since a receipt could only bind one.
+    aiortc announces its certificate under several hashes (sha-256, sha-384, sha-512)
+    and checks the peer's certificate against every one of them, so the sha-256 line
+    names the certificate on its own; it is also the one that fits a receipt's
+    fingerprint field. All media sections of one peer connection share one
+    certificate: an SDP naming two different ones under the same hash, or none under
+    sha-256, is refused, since a receipt can bind only one.
     """
-    found = {f"{alg.lower()} {value.upper()}" for alg, value in _FINGERPRINT_LINE.findall(sdp)}
-    if len(found) != 1:
+    by_algorithm: dict[str, set[str]] = {}
+    for alg, value in _FINGERPRINT_LINE.findall(sdp):
+        by_algorithm.setdefault(alg.lower(), set()).add(value.upper())
+    if any(len(values) > 1 for values in by_algorithm.values()):
         raise RemoteProtocolError(
-            ErrorCode.INVALID_FIELD, f"expected one DTLS fingerprint in the SDP, found {len(found)}"
+            ErrorCode.INVALID_FIELD, "the SDP names two different DTLS certificates"
         )
-    return found.pop()
+    found = by_algorithm.get("sha-256")
+    if not found:
+        raise RemoteProtocolError(
+            ErrorCode.INVALID_FIELD, "the SDP has no sha-256 DTLS fingerprint"
+        )
+    return f"sha-256 {found.pop()}"
 
 
 def consent_payload(
