@@ -221,6 +221,12 @@ def _to_wire(value: Any) -> Any:
     return value
 
 
+def wire_size(value: Any) -> int:
+    """Bytes of ``value`` (a message or a nested value object) once encoded as JSON.
+    Used to split long lists over several frames without going over the frame limit."""
+    return len(json.dumps(_to_wire(value), ensure_ascii=False, separators=(",", ":")).encode())
+
+
 def to_wire_dict(message: Message) -> dict[str, Any]:
     """The JSON object of a message, ``type`` first. ``None`` fields are left out."""
     body = _to_wire(message)

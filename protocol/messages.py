@@ -206,9 +206,13 @@ class DevicesUnsubscribe(Message):
 @SIGNALING.register("devices.snapshot", _S)
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DevicesSnapshot(Message):
-    """S→C: every device in the technician's scope."""
+    """S→C: the devices in the technician's scope, in one or more frames.
+
+    A frame holds at most 64 KiB, so a large inventory comes as several snapshots with
+    the request's ``rid``; ``complete`` is true on the last one only."""
 
     devices: Annotated[tuple[DeviceInfo, ...], Items(0, 100_000)]
+    complete: bool = True
 
 
 @SIGNALING.register("device.update", _S)
@@ -358,11 +362,14 @@ class NotifySend(Message):
 @SIGNALING.register("notify.sent", _S)
 @dataclass(frozen=True, kw_only=True, slots=True)
 class NotifySent(Message):
-    """S→C: the notification is stored; these devices will get it."""
+    """S→C: the notification is stored; these devices will get it. A long list of
+    devices comes in several frames with the same id and ``rid``; ``complete`` is true
+    on the last one only."""
 
     notification_id: Ident
     device_ids: DeviceIds
     expires_at_ms: TimestampMs
+    complete: bool = True
 
 
 @SIGNALING.register("notify.deliver", _S)

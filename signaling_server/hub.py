@@ -18,10 +18,10 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from protocol import identity
-from protocol.codec import Message, Sender
+from protocol.codec import MAX_FRAME_BYTES, Message, Sender, wire_size
 from protocol.enums import (
     CloseReason,
     DeviceAck,
@@ -502,10 +502,13 @@ class Hub:
         groups = None if tech.role is Role.ADMIN else sorted(tech.groups)
         devices = await self.store.devices(groups)
         conn.subscribed = True
-        snapshot = DevicesSnapshot(
-            devices=tuple(self._device_info(d) for d in devices if not d.revoked), rid=msg.rid
-        )
-        await self.send(conn, snapshot)
+        infos = [self._device_info(d) for d in devices if not d.revoked]
+        parts = _split(infos, wire_size)
+        for index, part in enumerate(parts):
+            complete = index == len(parts) - 1
+            await self.send(
+                conn, DevicesSnapshot(devices=tuple(part), complete=complete, rid=msg.rid)
+            )
 
     async def _on_unsubscribe(self, conn: Connection, msg: DevicesUnsubscribe) -> None:
         conn.subscribed = False
@@ -909,15 +912,18 @@ class Hub:
             notification_id=row.id,
             devices=len(targets),
         )
-        await self.send(
-            conn,
-            NotifySent(
-                notification_id=row.id,
-                device_ids=tuple(targets),
-                expires_at_ms=row.expires_at_ms,
-                rid=msg.rid,
-            ),
-        )
+        parts = _split(list(targets), wire_size)
+        for index, part in enumerate(parts):
+            await self.send(
+                conn,
+                NotifySent(
+                    notification_id=row.id,
+                    device_ids=tuple(part),
+                    expires_at_ms=row.expires_at_ms,
+                    complete=index == len(parts) - 1,
+                    rid=msg.rid,
+                ),
+            )
         deliver = NotifyDeliver(
             notification_id=row.id,
             sender_name=row.sender_name,
@@ -1010,3 +1016,23 @@ class Hub:
             "sessions": len(self.sessions),
             **self.metrics,
         }
+
+
+#: Room left in a frame for the envelope around a split list.
+_PART_BUDGET = MAX_FRAME_BYTES - 4096
+
+_Item = TypeVar("_Item")
+
+
+def _split(items: list[_Item], size: Callable[[_Item], int]) -> list[list[_Item]]:
+    """Cut a list into parts that each fit in one frame (always at least one part)."""
+    parts: list[list[_Item]] = [[]]
+    used = 0
+    for item in items:
+        cost = size(item) + 1  # the comma
+        if parts[-1] and used + cost > _PART_BUDGET:
+            parts.append([])
+            used = 0
+        parts[-1].append(item)
+        used += cost
+    return parts

@@ -103,6 +103,8 @@ class ConsoleClient:
         self.session_listeners: Listeners[ConsoleSession] = Listeners()
         self.notification_listeners: Listeners[NotificationProgress] = Listeners()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Parts and updates of a notification that arrived before notify() returned.
+        self._early_parts: dict[str, list[NotifySent | NotifyUpdate]] = {}
         self._backoff = backoff
         self.client: SignalingClient | None = None
 
@@ -156,11 +158,17 @@ class ConsoleClient:
         return AuthTechnician(token=self.token)
 
     async def _on_online(self, auth: AuthOk) -> None:
-        snapshot = await self.link.request(DevicesSubscribe())
-        if isinstance(snapshot, DevicesSnapshot):
-            self.devices = {d.device_id: d for d in snapshot.devices}
-            for device in snapshot.devices:
-                self.device_listeners.fire(device)
+        # The snapshot may come in several parts: the first is the request's reply,
+        # the others arrive as messages. Each part is merged, in whatever order.
+        self.devices.clear()
+        first = await self.link.request(DevicesSubscribe())
+        if isinstance(first, DevicesSnapshot):
+            self._merge_snapshot(first)
+
+    def _merge_snapshot(self, snapshot: DevicesSnapshot) -> None:
+        for device in snapshot.devices:
+            self.devices[device.device_id] = device
+            self.device_listeners.fire(device)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         async def run() -> None:
@@ -176,7 +184,17 @@ class ConsoleClient:
         task.add_done_callback(self._tasks.discard)
 
     async def _on_message(self, message: Message) -> None:
-        if isinstance(message, DeviceUpdate):
+        if isinstance(message, DevicesSnapshot):
+            self._merge_snapshot(message)
+        elif isinstance(message, NotifySent):
+            # A further part of a long list of devices; the first part may still be
+            # on its way to notify(), so parts are kept until it has made the record.
+            progress = self.notifications.get(message.notification_id)
+            if progress is None:
+                self._keep_early(message)
+            else:
+                self._merge_sent(progress, message)
+        elif isinstance(message, DeviceUpdate):
             self.devices[message.device.device_id] = message.device
             self.device_listeners.fire(message.device)
         elif isinstance(message, SessionUpdate):
@@ -195,12 +213,24 @@ class ConsoleClient:
                 session.touch()
         elif isinstance(message, NotifyUpdate):
             progress = self.notifications.get(message.notification_id)
-            if progress is not None:
-                progress.states[message.device_id] = message.state
-                progress.history.setdefault(message.device_id, []).append(message.state)
-                if message.answer is not None:
-                    progress.answers[message.device_id] = message.answer
-                self.notification_listeners.fire(progress)
+            if progress is None:
+                self._keep_early(message)
+            else:
+                self._apply_update(progress, message)
+
+    def _keep_early(self, message: NotifySent | NotifyUpdate) -> None:
+        # Updates about notifications of an earlier console run would also land here:
+        # keep only the most recent few so they cannot pile up.
+        if len(self._early_parts) >= 256 and message.notification_id not in self._early_parts:
+            del self._early_parts[next(iter(self._early_parts))]
+        self._early_parts.setdefault(message.notification_id, []).append(message)
+
+    def _apply_update(self, progress: NotificationProgress, message: NotifyUpdate) -> None:
+        progress.states[message.device_id] = message.state
+        progress.history.setdefault(message.device_id, []).append(message.state)
+        if message.answer is not None:
+            progress.answers[message.device_id] = message.answer
+        self.notification_listeners.fire(progress)
 
     # -- sessions ---------------------------------------------------------------------
 
@@ -336,5 +366,16 @@ class ConsoleClient:
             dict.fromkeys(reply.device_ids, NotificationState.SENT),
         )
         self.notifications[progress.notification_id] = progress
+        for early in self._early_parts.pop(progress.notification_id, []):
+            if isinstance(early, NotifySent):
+                self._merge_sent(progress, early)
+            else:
+                self._apply_update(progress, early)
         self.notification_listeners.fire(progress)
         return progress
+
+    def _merge_sent(self, progress: NotificationProgress, part: NotifySent) -> None:
+        progress.device_ids += part.device_ids
+        for device_id in part.device_ids:
+            progress.states.setdefault(device_id, NotificationState.SENT)
+        self.notification_listeners.fire(progress)

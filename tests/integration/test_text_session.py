@@ -238,3 +238,28 @@ async def test_revocation_by_another_process_disconnects_within_seconds(
     await asyncio.wait_for(pair.agent.client.stopped.wait(), 10)
     assert pair.agent.client.fatal is not None
     assert "revoked" in str(pair.agent.client.fatal)
+
+
+async def test_large_inventory_and_group_notification_come_in_parts(lab: Lab) -> None:
+    # 400 devices do not fit in one 64 KiB frame: the snapshot and the notify.sent
+    # list are split, and the console puts the parts back together.
+    from protocol import identity
+
+    for n in range(400):
+        token = await lab.store.issue_enrolment_token(lab.tablets.id, created_by="t", ttl_s=60)
+        await lab.store.enrol_device(
+            token,
+            public_key=identity.public_key_b64(identity.generate_key()),
+            name=f"Tablet {n:03d} " + "x" * 100,
+            model="Model " + "m" * 100,
+            os="OS " + "o" * 100,
+        )
+    console = ConsoleClient(lab.url, lab.fingerprint, backoff=FAST)
+    try:
+        await console.login("tech", PASSWORD)
+        await until(lambda: len(console.devices) == 400)
+        progress = await console.notify(title="All", body="Hello", group_id=lab.tablets.id)
+        await until(lambda: len(progress.device_ids) == 400)
+        assert set(progress.device_ids) == set(console.devices)
+    finally:
+        await console.close()
