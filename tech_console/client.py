@@ -303,6 +303,10 @@ class ConsoleClient:
             session.consent_verified = False
             session.consent_error = str(exc)
             log.error("consent receipt refused for %s: %s", receipt.session_id, exc)
+            # No proof that the device user consented to *this* call (or someone sits
+            # between us): end the call, visibly. The session stays for the technician.
+            if call is not None:
+                self._spawn(self.hang_up(receipt.session_id))
         else:
             session.consent_verified = True
             session.consent_error = None
