@@ -252,15 +252,27 @@ async def _sweep_revocations(hub: Hub) -> None:
             log.exception("revocation sweep failed")
 
 
+async def _close_sockets(app: web.Application) -> None:
+    """Close every websocket with GOING_AWAY. This runs on shutdown, before aiohttp
+    waits for its request handlers: a websocket handler returns only once its socket
+    closes, so closing them later (at cleanup) made a stop wait out aiohttp's shutdown
+    timeout and then drop every client without a close frame."""
+    open_sockets = app[SOCKETS]
+    await asyncio.gather(
+        *(
+            ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+            for ws in list(open_sockets)
+        ),
+        return_exceptions=True,
+    )
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     sweeper = asyncio.create_task(_sweep_revocations(app[HUB]), name="revocation-sweep")
     yield
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
-    open_sockets = app[SOCKETS]
-    for ws in list(open_sockets):
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
     await app[HUB].shutdown()
     await app[STORE].close()
 
@@ -280,6 +292,7 @@ def make_app(config: ServerConfig, store: Store, fingerprint: str) -> web.Applic
     app[HUB] = hub
     app[FINGERPRINT] = fingerprint
     app[SOCKETS] = set()
+    app.on_shutdown.append(_close_sockets)
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_post("/api/v1/login", login)
     app.router.add_post("/api/v1/logout", logout)

@@ -248,12 +248,24 @@ class Hub:
                     if session.technician.id == tech_id:
                         self._start_grace(session=session, lost=Party.TECHNICIAN)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, grace_s: float = 5.0) -> None:
+        """Stop the timers and the background tasks; the store closes after this.
+
+        A task cancelled inside a store call leaves SQLAlchemy terminating its
+        connection in a shielded task of its own; if the store closed under that, the
+        event loop could never finish. So tasks in flight (a session being ended on a
+        lost member) may finish first, and cancelled ones are awaited.
+        """
         for session in self.sessions.values():
             for handle in session.timers.values():
                 handle.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        tasks = list(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=grace_s)
 
     # -- frames in and out ----------------------------------------------------------
 
@@ -622,21 +634,22 @@ class Hub:
             self.config.invite_timeout_s, self._invite_timed_out, session
         )
         await self.send(conn, self._update(session, rid=msg.rid))
-        await self._to_device(
-            session,
-            SessionInvite(
-                session_id=session.id,
-                technician=TechnicianCard(
-                    technician_id=tech.id,
-                    display_name=tech.display_name,
-                    organisation=tech.organisation,
-                    photo=tech.photo,
-                ),
-                mode=msg.mode,
-                offered_modes=offered,
-                reason=msg.reason,
-                expires_at_ms=session.created_at_ms + int(self.config.invite_timeout_s * 1000),
+        await self._to_device(session, self._invite(session))
+
+    def _invite(self, session: LiveSession) -> SessionInvite:
+        tech = session.technician
+        return SessionInvite(
+            session_id=session.id,
+            technician=TechnicianCard(
+                technician_id=tech.id,
+                display_name=tech.display_name,
+                organisation=tech.organisation,
+                photo=tech.photo,
             ),
+            mode=session.mode,
+            offered_modes=session.offered_modes,
+            reason=session.reason,
+            expires_at_ms=session.created_at_ms + int(self.config.invite_timeout_s * 1000),
         )
 
     async def _move(self, session: LiveSession, event: SessionEvent, by: Party) -> None:
@@ -819,6 +832,10 @@ class Hub:
             except ProtocolError:
                 continue
             await self.send(conn, self._update(session))
+            if conn.role is Role.DEVICE and session.machine.state is SessionState.INVITED:
+                # A device that reconnects while invited has lost its prompt (the
+                # invite's card and offered modes): without them it could not answer.
+                await self.send(conn, self._invite(session))
 
     # -- grace periods for lost members ---------------------------------------------
 
