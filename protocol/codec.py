@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -219,6 +220,21 @@ def _to_wire(value: Any) -> Any:
             if getattr(value, f.name) is not None
         }
     return value
+
+
+_RID = re.compile(r'"rid"\s*:\s*(\d{1,10})\s*[,}]')
+
+
+def peek_rid(frame: str | bytes) -> int | None:
+    """The request id of a frame that may not decode, so that its refusal can still
+    name the request. Best effort, never raises; the frame itself stays untrusted."""
+    if isinstance(frame, bytes | bytearray):
+        frame = bytes(frame[:MAX_FRAME_BYTES]).decode("utf-8", "replace")
+    found = _RID.search(frame[:MAX_FRAME_BYTES])
+    if found is None:
+        return None
+    rid = int(found.group(1))
+    return rid if rid < 2**31 else None
 
 
 def wire_size(value: Any) -> int:

@@ -129,6 +129,7 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     token, tech = await _bearer(request)
     await request.app[STORE].revoke_token(token)
+    await request.app[HUB].token_revoked(token)
     await request.app[STORE].audit(tech.id, "logout")
     return web.json_response({"ok": True})
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from protocol import identity
-from protocol.codec import MAX_FRAME_BYTES, Message, Sender, wire_size
+from protocol.codec import MAX_FRAME_BYTES, Message, Sender, peek_rid, wire_size
 from protocol.enums import (
     CloseReason,
     DeviceAck,
@@ -73,7 +73,15 @@ from protocol.messages import (
 from protocol.permissions import REQUIRED_ACTION, authorize, in_scope
 from protocol.session import Party, SessionEvent, SessionMachine
 from signaling_server.config import ServerConfig
-from signaling_server.store import Device, SessionRow, Store, Technician, new_id, now_ms
+from signaling_server.store import (
+    Device,
+    SessionRow,
+    Store,
+    Technician,
+    new_id,
+    now_ms,
+    token_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +144,8 @@ class Connection:
     technician: Technician | None = None
     device: Device | None = None
     subscribed: bool = False
+    #: SHA-256 of the bearer token a console authenticated with (to end it on logout).
+    token_hash: str = ""
     violations: int = 0
     closed: bool = False
 
@@ -293,10 +303,12 @@ class Hub:
                 await conn.transport.close(CloseCode.RATE_LIMITED, "too many messages")
                 return
             await self._refuse(
-                conn, LocalProtocolError(ErrorCode.RATE_LIMITED, "slow down"), rid=None
+                conn, LocalProtocolError(ErrorCode.RATE_LIMITED, "slow down"), peek_rid(frame)
             )
             return
-        rid: int | None = None
+        # Until the frame decodes, its rid is only a guess; it lets a client match the
+        # refusal of a malformed request to the request it sent.
+        rid: int | None = peek_rid(frame)
         try:
             message = SIGNALING.decode(frame, conn.sender)
             rid = message.rid
@@ -406,6 +418,7 @@ class Hub:
             conn.role = tech.role
             conn.principal_id = tech.id
             conn.technician = tech
+            conn.token_hash = token_hash(message.token)
             conn.nonce = ""
             self.consoles.setdefault(tech.id, set()).add(conn)
             for session in self.sessions.values():
@@ -1024,6 +1037,13 @@ class Hub:
         conn = self.devices_online.get(device_id)
         if conn is not None:
             await conn.transport.close(CloseCode.REVOKED, "device revoked")
+
+    async def token_revoked(self, token: str) -> None:
+        """A logout ends every connection that authenticated with that token."""
+        revoked = token_hash(token)
+        for conn in [c for conns in self.consoles.values() for c in conns]:
+            if conn.token_hash == revoked:
+                await conn.transport.close(CloseCode.AUTH_FAILED, "logged out")
 
     def stats(self) -> dict[str, Any]:
         return {

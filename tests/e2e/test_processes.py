@@ -52,7 +52,7 @@ def test_no_conversation_content_reaches_the_agents_disk(tmp_path: Path) -> None
             assert canary.encode() not in content, f"{canary!r} found in {path}"
     # The server keeps metadata only: no chat line in its database or log. (The
     # notification answer is stored server-side on purpose: store-and-forward.)
-    for path in _files(out / "server-data") + [out / "logs" / "server.log"]:
+    for path in [*_files(out / "server-data"), out / "logs" / "server.log"]:
         content = path.read_bytes()
         for canary in [*scripted.DEMO_MESSAGES, *demo.DEVICE_REPLIES]:
             assert canary.encode() not in content, f"{canary!r} found in {path}"

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol.chat import CHAT, ChatReceipt, ChatTyping
-from protocol.codec import MAX_FRAME_BYTES, Message, Registry, Sender, to_wire_dict
+from protocol.codec import MAX_FRAME_BYTES, Message, Registry, Sender, peek_rid, to_wire_dict
 from protocol.enums import Mode
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.messages import (
@@ -641,3 +641,22 @@ def test_mutated_valid_frames(
     if mutation == "drop" and path == ("type",):
         assert isinstance(result, RemoteProtocolError)
         assert result.code == ErrorCode.UNKNOWN_TYPE
+
+
+@pytest.mark.parametrize(
+    ("frame", "rid"),
+    [
+        ('{"type":"x","rid":12}', 12),
+        ('{"rid": 7 , "type":"x"}', 7),
+        (b'{"rid":3}', 3),
+        ('{"type":"x"}', None),
+        ('{"rid":"12"}', None),
+        ('{"rid":99999999999}', None),
+        ("not json", None),
+        (b"\xff\xfe", None),
+    ],
+)
+def test_peek_rid_finds_the_request_id_of_a_frame_that_may_not_decode(
+    frame: str | bytes, rid: int | None
+) -> None:
+    assert peek_rid(frame) == rid

@@ -123,6 +123,8 @@ async def test_logout_revokes_the_token(lab: Lab) -> None:
 
         status, reply = await post(lab, "/api/v1/logout", {}, token=token)
         assert (status, reply) == (200, {"ok": True})
+        # The socket that logged in with the token is ended with it.
+        assert await before.wait_closed() == CloseCode.AUTH_FAILED
         status, reply = await post(lab, "/api/v1/logout", {}, token=token)
         assert (status, reply["error"]) == (401, "unauthenticated")
         status, reply = await post(lab, "/api/v1/logout", {})

@@ -288,6 +288,10 @@ async def test_bad_frames_get_clear_errors_and_the_connection_survives(lab: Lab)
         await wire.send(json.dumps({**report, "admin": True}))
         error = await wire.expect_error(ErrorCode.INVALID_FIELD)
         assert "unknown field 'admin'" in error.message
+        # A refused request still names itself, so a client waiting on it is answered.
+        await wire.send(json.dumps({**report, "rid": 77, "service_enabled": 3}))
+        error = await wire.expect_error(ErrorCode.INVALID_FIELD)
+        assert error.rid == 77
         missing = dict(report)
         del missing["name"]
         await wire.send(json.dumps(missing))
