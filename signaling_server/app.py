@@ -17,8 +17,6 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -278,13 +276,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await app[STORE].close()
 
 
-@dataclass
-class ServerParts:
-    app: web.Application
-    store: Store
-    hub: Hub
-
-
 def make_app(config: ServerConfig, store: Store, fingerprint: str) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     hub = Hub(store, config, fingerprint)
@@ -302,7 +293,3 @@ def make_app(config: ServerConfig, store: Store, fingerprint: str) -> web.Applic
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/ws", websocket)
     return app
-
-
-def describe(app: web.Application) -> dict[str, Any]:
-    return {"fingerprint": app[FINGERPRINT], **app[HUB].stats()}

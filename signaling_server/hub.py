@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -75,6 +76,7 @@ from protocol.session import Party, SessionEvent, SessionMachine
 from signaling_server.config import ServerConfig
 from signaling_server.store import (
     Device,
+    NotificationRow,
     SessionRow,
     Store,
     Technician,
@@ -393,17 +395,7 @@ class Hub:
             if previous is not None:
                 await previous.transport.close(CloseCode.REPLACED, "connected again elsewhere")
             self._cancel_grace(device_id=device.id)
-            await self.send(
-                conn,
-                AuthOk(
-                    principal_id=device.id,
-                    role=Role.DEVICE,
-                    display_name=device.name,
-                    heartbeat_s=int(self.config.heartbeat_s),
-                    invite_timeout_s=max(1, int(self.config.invite_timeout_s)),
-                    rid=message.rid,
-                ),
-            )
+            await self.send(conn, self._auth_ok(device.id, Role.DEVICE, device.name, message.rid))
             await self._send_device_status(device.id)
             await self._fan_out_device(device.id)
             await self._deliver_pending(conn)
@@ -424,20 +416,21 @@ class Hub:
             for session in self.sessions.values():
                 if session.technician.id == tech.id:
                     session.cancel_timer("technician_grace")
-            await self.send(
-                conn,
-                AuthOk(
-                    principal_id=tech.id,
-                    role=tech.role,
-                    display_name=tech.display_name,
-                    heartbeat_s=int(self.config.heartbeat_s),
-                    invite_timeout_s=max(1, int(self.config.invite_timeout_s)),
-                    rid=message.rid,
-                ),
-            )
+            await self.send(conn, self._auth_ok(tech.id, tech.role, tech.display_name, message.rid))
             await self._resend_session_state(conn)
             return
         raise LocalProtocolError(ErrorCode.UNAUTHENTICATED, "authenticate first")
+
+    def _auth_ok(self, principal_id: str, role: Role, name: str, rid: int | None) -> AuthOk:
+        return AuthOk(
+            principal_id=principal_id,
+            role=role,
+            display_name=name,
+            heartbeat_s=max(1, math.ceil(self.config.heartbeat_s)),
+            # Rounded up: a client must never believe it has less time than it has.
+            invite_timeout_s=max(1, math.ceil(self.config.invite_timeout_s)),
+            rid=rid,
+        )
 
     # -- device status --------------------------------------------------------------
 
@@ -954,14 +947,7 @@ class Hub:
                     rid=msg.rid,
                 ),
             )
-        deliver = NotifyDeliver(
-            notification_id=row.id,
-            sender_name=row.sender_name,
-            title=row.title,
-            body=row.body,
-            sent_at_ms=row.sent_at_ms,
-            expires_at_ms=row.expires_at_ms,
-        )
+        deliver = _deliver_message(row)
         for device_id in targets:
             device_conn = self.devices_online.get(device_id)
             if device_conn is not None:
@@ -972,14 +958,7 @@ class Hub:
         for row in await self.store.pending_notifications(conn.device.id):
             await self.send(
                 conn,
-                NotifyDeliver(
-                    notification_id=row.id,
-                    sender_name=row.sender_name,
-                    title=row.title,
-                    body=row.body,
-                    sent_at_ms=row.sent_at_ms,
-                    expires_at_ms=row.expires_at_ms,
-                ),
+                _deliver_message(row),
             )
 
     async def _note_progress(
@@ -1073,3 +1052,14 @@ def _split(items: list[_Item], size: Callable[[_Item], int]) -> list[list[_Item]
         parts[-1].append(item)
         used += cost
     return parts
+
+
+def _deliver_message(row: NotificationRow) -> NotifyDeliver:
+    return NotifyDeliver(
+        notification_id=row.id,
+        sender_name=row.sender_name,
+        title=row.title,
+        body=row.body,
+        sent_at_ms=row.sent_at_ms,
+        expires_at_ms=row.expires_at_ms,
+    )
