@@ -121,6 +121,8 @@ class DeviceAgent:
     ) -> None:
         self.state = state
         self.device, self._key = state.load()
+        #: The local service configuration, read once; set_service changes both copies.
+        self.service = state.service()
         self._invite_handler = invite_handler
         self._notification_handler = notification_handler
         default_name, self.model, self.os = device_description()
@@ -162,7 +164,7 @@ class DeviceAgent:
     @property
     def status(self) -> LiveSupportStatus:
         """From the server when online; derived from local conditions otherwise."""
-        service = self.state.service()
+        service = self.service
         if self.online and self.server_status is not None:
             return self.server_status.status
         return derive_status(
@@ -209,7 +211,7 @@ class DeviceAgent:
         self.status_listeners.fire(self.status)
 
     async def report_status(self) -> None:
-        service = self.state.service()
+        service = self.service
         await self.client.request(
             StatusReport(
                 service_installed=service.installed,
@@ -224,6 +226,7 @@ class DeviceAgent:
     async def set_service(self, config: ServiceConfig) -> None:
         """What the admin utility does: change the service and report it."""
         self.state.save_service(config)
+        self.service = config
         if self.online:
             await self.report_status()
         self.status_listeners.fire(self.status)
@@ -249,7 +252,7 @@ class DeviceAgent:
     # -- sessions -------------------------------------------------------------------
 
     async def _answer_invite(self, invite: SessionInvite) -> None:
-        service = self.state.service()
+        service = self.service
         if not (service.installed and service.enabled):
             await self.client.request(
                 SessionReject(session_id=invite.session_id, reason=RejectReason.UNAVAILABLE)
@@ -264,8 +267,7 @@ class DeviceAgent:
         try:
             mode = await asyncio.wait_for(self._invite_handler(invite), remaining_s)
         except TimeoutError:
-            mode = None  # the server has expired the invite: nothing to send
-            return
+            return  # the server has expired the invite: nothing to send
         if mode is None:
             await self.client.request(SessionReject(session_id=invite.session_id))
             return

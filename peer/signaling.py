@@ -330,7 +330,9 @@ class SignalingClient:
         online = asyncio.ensure_future(self.online.wait())
         stopped = asyncio.ensure_future(self.stopped.wait())
         try:
-            await asyncio.wait({online, stopped}, timeout=timeout_s, return_when="FIRST_COMPLETED")
+            await asyncio.wait(
+                {online, stopped}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             online.cancel()
             stopped.cancel()

@@ -282,9 +282,13 @@ class Hub:
     # -- frames in and out ----------------------------------------------------------
 
     async def send(self, conn: Connection, message: Message) -> None:
+        if not conn.closed:
+            await self._send_encoded(conn, SIGNALING.encode(message))
+
+    async def _send_encoded(self, conn: Connection, frame: str) -> None:
+        """Send a frame encoded once for many receivers (a fan-out)."""
         if conn.closed:
             return
-        frame = SIGNALING.encode(message)
         self.metrics["frames_out"] += 1
         try:
             await conn.transport.send_frame(frame)
@@ -334,6 +338,12 @@ class Hub:
                 await conn.transport.close(error.close_code, error.code.value)
                 return
             await self._refuse(conn, error, rid)
+        except Exception:
+            # Our bug (or the store's), not the client's: say so, keep the connection
+            # and every other one serving.
+            log.exception("internal error handling a frame from connection %s", conn.conn_id)
+            internal = LocalProtocolError(ErrorCode.INTERNAL, "internal server error")
+            await self._refuse(conn, internal, rid)
         else:
             conn.violations = 0
 
@@ -484,13 +494,13 @@ class Hub:
         device = await self.store.device(device_id)
         if device is None:
             return
-        update = DeviceUpdate(device=self._device_info(device))
+        frame = SIGNALING.encode(DeviceUpdate(device=self._device_info(device)))
         for conns in self.consoles.values():
             for conn in conns:
                 tech = conn.technician
                 visible = tech is not None and in_scope(tech.role, tech.groups, device.group_id)
                 if conn.subscribed and visible:
-                    await self.send(conn, update)
+                    await self._send_encoded(conn, frame)
 
     async def _on_status_report(self, conn: Connection, msg: StatusReport) -> None:
         assert conn.device is not None

@@ -11,6 +11,7 @@ enrolment tokens as SHA-256 (they are long random strings, so a fast hash is eno
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -82,7 +83,15 @@ def verify_password(password: str, stored: str) -> bool:
 
 #: A hash to verify against when the user does not exist, so that a login for an
 #: unknown name costs as much as one for a known name (no user enumeration by timing).
-_DUMMY_HASH = hash_password(secrets.token_hex(8))
+#: Made on first use, not at import: every process that imports the store would pay.
+_dummy_hash: str | None = None
+
+
+def _dummy() -> str:
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = hash_password(secrets.token_hex(8))
+    return _dummy_hash
 
 
 # --- tables ---------------------------------------------------------------------------
@@ -346,6 +355,8 @@ class Store:
             raise StoreError("a technician cannot have the device role")
         if len(password) < 8:
             raise StoreError("a password needs at least 8 characters")
+        # scrypt is ~50 ms of CPU: off the event loop, so other connections go on.
+        password_hash = await asyncio.to_thread(hash_password, password)
         async with self.tx() as db:
             if await db.scalar(select(TechnicianRow).where(TechnicianRow.username == username)):
                 raise StoreError(f"a technician named {username!r} exists already")
@@ -355,7 +366,7 @@ class Store:
                 display_name=display_name,
                 organisation=organisation,
                 role=role.value,
-                password_hash=hash_password(password),
+                password_hash=password_hash,
                 photo=photo,
             )
             db.add(row)
@@ -397,10 +408,12 @@ class Store:
         """A new bearer token for a correct password. Raises StoreError otherwise."""
         async with self.tx() as db:
             row = await db.scalar(select(TechnicianRow).where(TechnicianRow.username == username))
-            stored = row.password_hash if row is not None else _DUMMY_HASH
-            ok = verify_password(password, stored)
-            if row is None or not ok or row.disabled:
-                raise StoreError("wrong username or password")
+        stored = row.password_hash if row is not None else await asyncio.to_thread(_dummy)
+        # scrypt is ~50 ms of CPU: off the event loop, so other connections go on.
+        ok = await asyncio.to_thread(verify_password, password, stored)
+        if row is None or not ok or row.disabled:
+            raise StoreError("wrong username or password")
+        async with self.tx() as db:
             token = secrets.token_urlsafe(32)
             db.add(
                 AuthTokenRow(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import sys
@@ -39,8 +40,6 @@ def main(argv: Sequence[str]) -> int:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
-        import getpass
-
         password = getpass.getpass(f"Password for {args.user}: ")
     if not args.script:
         print(

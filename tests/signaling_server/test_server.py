@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from protocol import identity
 from protocol.codec import MAX_FRAME_BYTES, Message
 from protocol.enums import (
@@ -840,3 +842,29 @@ async def test_stopping_the_server_closes_every_socket_at_once(tmp_path: Path) -
         await lab.server.stop()
         assert time.monotonic() - began < 5.0
         assert await asyncio.gather(*closing) == [CloseCode.GOING_AWAY] * 2
+
+
+async def test_an_internal_failure_is_reported_and_the_connection_keeps_serving(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: the store fails once, as a lost database connection would.
+    async with clients(lab) as c:
+        device = await enrol(lab)
+        wire = await c.device(device)
+        other = await c.device(await enrol(lab))
+        real = lab.store.update_device_report
+        calls = 0
+
+        async def failing_once(*args: object, **kwargs: object) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("database went away")
+            await real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(lab.store, "update_device_report", failing_once)
+        report = StatusReport(service_installed=True, service_enabled=True, name="Tablet")
+        error = await wire.refused(report, ErrorCode.INTERNAL)
+        assert "database" not in error.message  # internals stay on the server
+        await wire.report()  # the same connection works again
+        await other.report()  # and so does every other one
