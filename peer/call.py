@@ -15,10 +15,12 @@ The rules of this module:
 - Chat travels on one ordered data channel labelled ``"chat"`` with the
   ``protocol.chat`` registry. Anything the peer sends is untrusted: a frame that does
   not decode is dropped and counted, never allowed to disturb the call.
-- Nothing of the conversation is logged; ``close()`` clears the chat log.
-
-Voice and video come later: ``_add_local_media`` is where tracks join the peer
-connection, before the offer (console) or the answer (device).
+- Voice and video ride the same peer connection: a ``CallMedia`` (``peer.call_media``)
+  opens its devices in ``_add_local_media``, before the offer (console) or the answer
+  (device), never earlier; each end tells the other its media state (``call.media``)
+  on the chat channel when it opens and on every change.
+- Nothing of the conversation is logged; ``close()`` clears the chat log and releases
+  the camera and microphone.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from enum import StrEnum
-from typing import TypedDict, get_args
+from typing import TYPE_CHECKING, Any, TypedDict, get_args
 
 from aiortc import (
     RTCConfiguration,
@@ -36,17 +39,28 @@ from aiortc import (
     RTCIceCandidate,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
+from aiortc.stats import (
+    RTCInboundRtpStreamStats,
+    RTCOutboundRtpStreamStats,
+    RTCRemoteInboundRtpStreamStats,
+    RTCRemoteOutboundRtpStreamStats,
+)
 
 from peer.chat import ChatLog, Listeners, now_ms
-from protocol.chat import CHAT, ChatMessage, ChatReceipt, ChatTyping, MessageIds
+from protocol.chat import CHAT, ChatMessage, ChatReceipt, ChatTyping, MediaState, MessageIds
 from protocol.codec import Message, Sender
 from protocol.enums import ReceiptState, SdpType
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.identity import sdp_fingerprint
 from protocol.messages import SignalCandidate, SignalSdp
+
+if TYPE_CHECKING:
+    from peer.call_media import CallMedia
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +85,36 @@ class CallState(StrEnum):
     CLOSED = "closed"
 
 
+#: RTP clock rates, to turn RTCP jitter (in timestamp units) into milliseconds.
+CLOCK_RATES = {"audio": 48_000, "video": 90_000}
+
+
+class StreamStats(TypedDict):
+    """One direction of one kind of media."""
+
+    packets: int
+    bytes: int
+    #: Over the time since the previous ``stats()`` call (None on the first).
+    bitrate_kbps: float | None
+    #: Sent streams: as the receiver reported in RTCP; received: as we counted.
+    packets_lost: int | None
+    jitter_ms: float | None
+    #: Video only (frames counted by our own tracks and receivers).
+    fps: float | None
+    width: int | None
+    height: int | None
+
+
 class CallStats(TypedDict):
     """What ``PeerCall.stats()`` reports. ``None`` where aiortc cannot tell us."""
 
     state: str
+    #: Round trip from RTCP receiver reports (None without media or before one came).
+    rtt_ms: float | None
+    audio_sent: StreamStats | None
+    audio_received: StreamStats | None
+    video_sent: StreamStats | None
+    video_received: StreamStats | None
     #: "direct" (host, srflx or prflx on both ends) or "relayed" (a TURN relay).
     route: str | None
     local_candidate_type: str | None
@@ -143,6 +183,7 @@ class PeerCall:
         author: str,
         send_signal: SendSignal,
         ice_servers: Sequence[RTCIceServer] = (),
+        media: CallMedia | None = None,
     ) -> None:
         # Check the author once here rather than failing on the first message sent.
         CHAT.encode(ChatMessage(message_id="check", text="-", sent_at_ms=0, author=author))
@@ -150,6 +191,8 @@ class PeerCall:
         self.is_offerer = is_offerer
         self.author = author
         self._send_signal = send_signal
+        #: Voice and video of this end (None: a text call).
+        self.media = media
 
         self.chat = ChatLog()
         #: Set once the chat channel is open on this side.
@@ -173,9 +216,14 @@ class PeerCall:
         self._frames_received = 0
         # handle_signal and start await inside aiortc; one negotiation step at a time.
         self._negotiation = asyncio.Lock()
+        #: (time, bytes) of each stream at the previous stats() call, for bitrates.
+        self._byte_marks: dict[str, tuple[float, int]] = {}
 
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
         self._pc.on("connectionstatechange", self._on_connection_state)
+        self._pc.on("track", self._on_track)
+        if media is not None:
+            media.local_listeners.add(self._send_media_state)
         self._channel: RTCDataChannel | None = None
         if is_offerer:
             # Created before the offer so the offer carries the SCTP m-line.
@@ -278,9 +326,36 @@ class PeerCall:
         await self._send_signal(SignalSdp(session_id=self.session_id, sdp_type=sdp_type, sdp=sdp))
 
     def _add_local_media(self) -> None:
-        """Where voice and video tracks will be added (addTrack / addTransceiver),
-        before the offer or the answer is made, so the first negotiation carries them.
-        A text-only call has none."""
+        """Open this end's devices and add their tracks, before the offer or the answer
+        is made, so the first negotiation carries them. A text call has none.
+
+        The offerer's codec preference decides the video codec: the answerer keeps
+        the order of the offer."""
+        if self.media is None:
+            return
+        for track in self.media.open():
+            sender = self._pc.addTrack(track)
+            if self.is_offerer and track.kind == "video":
+                self._prefer_codec(sender, self.media.options.video_codec)
+
+    def _prefer_codec(self, sender: RTCRtpSender, codec: str) -> None:
+        transceiver = next(t for t in self._pc.getTransceivers() if t.sender is sender)
+        codecs = RTCRtpSender.getCapabilities("video").codecs
+        mime = f"video/{codec}".lower()
+        first = [c for c in codecs if c.mimeType.lower() == mime]
+        rtx = [c for c in codecs if c.mimeType.lower() == "video/rtx"]
+        rest = [c for c in codecs if c not in first and c not in rtx]
+        transceiver.setCodecPreferences(first + rest + rtx)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if self.media is None:
+            logger.warning("ignored a %s track in a text call", track.kind)
+            return
+        self.media.attach_remote(track)
+
+    def _send_media_state(self, state: MediaState) -> None:
+        if self.chat_open and not self._closing:
+            self._send_message(state)
 
     # -- chat -----------------------------------------------------------------------
 
@@ -378,12 +453,14 @@ class PeerCall:
             self.chat.apply_receipt(message.message_ids, message.state)
         elif isinstance(message, ChatTyping):
             self.chat.set_peer_typing(message.active)
+        elif isinstance(message, MediaState) and self.media is not None:
+            self.media.apply_peer_state(message)
 
     # -- aiortc events --------------------------------------------------------------
 
     def _attach_channel(self, channel: RTCDataChannel) -> None:
         self._channel = channel
-        channel.on("open", self.connected.set)
+        channel.on("open", self._on_channel_open)
         channel.on("message", self._on_frame)
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
@@ -394,7 +471,13 @@ class PeerCall:
         # aiortc opens a channel announced by the peer before emitting "datachannel",
         # so its "open" event has already passed.
         if channel.readyState == "open":
-            self.connected.set()
+            self._on_channel_open()
+
+    def _on_channel_open(self) -> None:
+        self.connected.set()
+        if self.media is not None:
+            # The peer learns our media state first thing, then every change.
+            self._send_media_state(self.media.state())
 
     def _on_connection_state(self) -> None:
         raw: str = self._pc.connectionState
@@ -422,6 +505,9 @@ class PeerCall:
                 self._channel.close()
         # aiortc's close is idempotent: a second call waits for the first to finish.
         await self._pc.close()
+        if self.media is not None:
+            # After the peer connection: its senders no longer pull from our tracks.
+            await self.media.close()
         self.closed.set()
 
     async def stats(self) -> CallStats:
@@ -429,8 +515,14 @@ class PeerCall:
         route: str | None = None
         if local_type is not None and remote_type is not None:
             route = "relayed" if "relay" in (local_type, remote_type) else "direct"
+        media = await self._media_stats()
         return CallStats(
             state=self._state.value,
+            rtt_ms=media["rtt_ms"],
+            audio_sent=media["audio_sent"],
+            audio_received=media["audio_received"],
+            video_sent=media["video_sent"],
+            video_received=media["video_received"],
             route=route,
             local_candidate_type=local_type,
             remote_candidate_type=remote_type,
@@ -439,6 +531,93 @@ class PeerCall:
             chat_frames_sent=self._frames_sent,
             chat_frames_received=self._frames_received,
             bad_frames=self.bad_frames,
+        )
+
+    async def _media_stats(self) -> dict[str, Any]:
+        """RTP and RTCP figures from aiortc, with frame rates and sizes from our own
+        tracks; bitrates over the time since the previous call."""
+        result: dict[str, Any] = {
+            "rtt_ms": None,
+            "audio_sent": None,
+            "audio_received": None,
+            "video_sent": None,
+            "video_received": None,
+        }
+        if self.media is None or self._pc.connectionState == "closed":
+            return result
+        report = await self._pc.getStats()
+        counters = self.media.counters()
+        now = time.monotonic()
+        rtts: list[float] = []
+        remote_in: dict[str, RTCRemoteInboundRtpStreamStats] = {}
+        remote_out: dict[str, RTCRemoteOutboundRtpStreamStats] = {}
+        for item in report.values():
+            if isinstance(item, RTCRemoteInboundRtpStreamStats):
+                remote_in[item.kind] = item
+                if item.roundTripTime:
+                    rtts.append(item.roundTripTime * 1000)
+            elif isinstance(item, RTCRemoteOutboundRtpStreamStats):
+                remote_out[item.kind] = item
+        for item in report.values():
+            if isinstance(item, RTCOutboundRtpStreamStats):
+                key = f"{item.kind}_sent"
+                peer_view = remote_in.get(item.kind)
+                result[key] = self._stream(
+                    key,
+                    now,
+                    packets=item.packetsSent,
+                    nbytes=item.bytesSent,
+                    lost=peer_view.packetsLost if peer_view else None,
+                    jitter=peer_view.jitter if peer_view else None,
+                    kind=item.kind,
+                    video=counters.get("video_sent"),
+                )
+            elif isinstance(item, RTCInboundRtpStreamStats):
+                key = f"{item.kind}_received"
+                # aiortc counts no received bytes; the sender's own report (RTCP SR)
+                # of what it sent is the closest figure.
+                sender_view = remote_out.get(item.kind)
+                result[key] = self._stream(
+                    key,
+                    now,
+                    packets=item.packetsReceived,
+                    nbytes=sender_view.bytesSent if sender_view else 0,
+                    lost=item.packetsLost,
+                    jitter=item.jitter,
+                    kind=item.kind,
+                    video=counters.get("video_received"),
+                )
+        if rtts:
+            result["rtt_ms"] = round(min(rtts), 2)
+        return result
+
+    def _stream(
+        self,
+        key: str,
+        now: float,
+        *,
+        packets: int,
+        nbytes: int,
+        lost: int | None,
+        jitter: int | None,
+        kind: str,
+        video: dict[str, Any] | None,
+    ) -> StreamStats:
+        bitrate: float | None = None
+        mark = self._byte_marks.get(key)
+        if mark is not None and now > mark[0] and nbytes >= mark[1]:
+            bitrate = round((nbytes - mark[1]) * 8 / (now - mark[0]) / 1000, 1)
+        self._byte_marks[key] = (now, nbytes)
+        rate = CLOCK_RATES.get(kind)
+        return StreamStats(
+            packets=packets,
+            bytes=nbytes,
+            bitrate_kbps=bitrate,
+            packets_lost=lost,
+            jitter_ms=round(jitter * 1000 / rate, 2) if jitter is not None and rate else None,
+            fps=round(video["fps"], 1) if video and kind == "video" else None,
+            width=video["width"] if video and kind == "video" else None,
+            height=video["height"] if video and kind == "video" else None,
         )
 
     def _selected_candidate_types(self) -> tuple[str | None, str | None]:

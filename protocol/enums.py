@@ -111,3 +111,20 @@ class ReceiptState(StrEnum):
 
     DELIVERED = "delivered"
     READ = "read"
+
+
+class CameraFacing(StrEnum):
+    """Where the camera in use looks (tablets have a front and a back camera)."""
+
+    FRONT = "front"
+    BACK = "back"
+    EXTERNAL = "external"
+    UNKNOWN = "unknown"
+
+
+class AudioInterruption(StrEnum):
+    """Why Live Support audio is muted both ways by the platform, if it is."""
+
+    NONE = "none"
+    PHONE_CALL = "phone_call"  # an incoming or ongoing phone call on the device
+    OTHER = "other"  # another app took the audio (an alarm, a navigation prompt...)

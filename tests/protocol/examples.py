@@ -3,9 +3,11 @@ shows), for round trips and as seeds of the mutation tests."""
 
 from __future__ import annotations
 
-from protocol.chat import ChatMessage, ChatReceipt, ChatTyping
+from protocol.chat import ChatMessage, ChatReceipt, ChatTyping, MediaState
 from protocol.codec import Message
 from protocol.enums import (
+    AudioInterruption,
+    CameraFacing,
     CloseReason,
     DeviceAck,
     LiveSupportStatus,
@@ -180,4 +182,12 @@ CHAT_EXAMPLES: list[Message] = [
     ),
     ChatReceipt(message_ids=("m-1", "m-2"), state=ReceiptState.READ),
     ChatTyping(active=True),
+    MediaState(
+        microphone=False,
+        camera=True,
+        camera_name="Back camera",
+        camera_facing=CameraFacing.BACK,
+        audio_output="Headset",
+        interruption=AudioInterruption.PHONE_CALL,
+    ),
 ]
