@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Makes sure the system libraries Qt (PySide6) needs are present.
+# Makes sure the system libraries Qt (PySide6, with Qt Multimedia) needs are present.
+# pulseaudio lets the tests play and record through a private, silent sound server.
 # Qt is imported offscreen; if that fails, the Debian packages below are installed
 # when we are root, otherwise the exact command to run is printed and we stop.
 set -euo pipefail
 python="${1:-python3}"
-packages=(libegl1 libgl1 libxkbcommon0 libfontconfig1 libdbus-1-3 libglib2.0-0 libpulse0 libxkbcommon-x11-0)
+packages=(libegl1 libgl1 libxkbcommon0 libfontconfig1 libdbus-1-3 libglib2.0-0 libpulse0 libxkbcommon-x11-0 pulseaudio)
 
 qt_ok() {
     QT_QPA_PLATFORM=offscreen "$python" - <<'PY' >/dev/null 2>&1
 from PySide6.QtWidgets import QApplication
 from PySide6.QtGui import QImage
+from PySide6.QtMultimedia import QMediaDevices  # needs libpulse0
 app = QApplication([])
 PY
 }
