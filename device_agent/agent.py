@@ -3,11 +3,15 @@
 It enrols, keeps the signaling connection (pinned, authenticated by signing the
 server's challenge, reconnecting with jittered backoff), reports the local conditions
 the Live Support status derives from, answers invites through an ``InviteHandler``
-(the Qt prompt, or a scripted policy when headless), runs the call, and handles
-notifications.
+(the Qt prompt, or a scripted policy when headless), and handles notifications.
 
-Privacy: the agent logs events, never content. The call's chat lives in memory in the
-call object and is cleared when the call closes.
+The call itself runs in a separate per-session process (``device_agent.call_process``)
+that this agent starts when an invite arrives and ends when the session closes. The
+agent relays its signaling, signs its consent receipt with the device key, and never
+holds chat content: chat travels peer to peer inside that process. Neither aiortc
+nor PyAV is imported here, so the resident agent stays small.
+
+Privacy: the agent logs events, never content.
 """
 
 from __future__ import annotations
@@ -17,23 +21,23 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from aiortc import RTCIceServer
-
+from device_agent import ipc
+from device_agent.session_host import SessionHost
 from device_agent.state import AgentState, DeviceIdentity, ServiceConfig, device_description
-from peer.call import PeerCall
 from peer.chat import Listeners
 from peer.signaling import Backoff, LinkState, RequestError, SignalingClient, api_post
 from protocol import identity
 from protocol.codec import Message
 from protocol.enrolment import EnrolmentCode
 from protocol.enums import (
+    AudioInterruption,
     DeviceAck,
     LiveSupportStatus,
     Mode,
     RejectReason,
-    SdpType,
     SessionState,
     derive_status,
 )
@@ -104,8 +108,16 @@ class ActiveSession:
     invite: SessionInvite
     mode: Mode
     accepted_at_ms: int
+    host: SessionHost
     state: SessionState = SessionState.CONNECTING
-    call: PeerCall | None = None
+    #: The session process's latest report (states, counts, device names, stats).
+    report: dict[str, Any] = field(default_factory=dict)
+    #: Fingerprints of the call the last consent receipt was signed for.
+    consented: tuple[str, str] | None = None
+
+    @property
+    def session_id(self) -> str:
+        return self.invite.session_id
 
 
 class DeviceAgent:
@@ -116,7 +128,8 @@ class DeviceAgent:
         invite_handler: InviteHandler,
         notification_handler: NotificationHandler | None = None,
         name: str | None = None,
-        ice_servers: Sequence[RTCIceServer] = (),
+        ice_servers: Sequence[ipc.IceServer] = (),
+        session_args: Sequence[str] = (),
         backoff: Backoff = Backoff(),
     ) -> None:
         self.state = state
@@ -127,14 +140,22 @@ class DeviceAgent:
         self._notification_handler = notification_handler
         default_name, self.model, self.os = device_description()
         self.name = name or default_name
-        self.ice_servers = list(ice_servers)
+        self.ice_servers = tuple(ice_servers)
+        #: Extra arguments for every session process (media options, a scripted user).
+        self.session_args = list(session_args)
+        #: The platform's audio interruption, as last raised (see ``audio_interruption``).
+        self.interruption = AudioInterruption.NONE
         self.server_status: DeviceStatus | None = None
         self.session: ActiveSession | None = None
         self.status_listeners: Listeners[LiveSupportStatus] = Listeners()
         self.session_listeners: Listeners[ActiveSession | None] = Listeners()
-        self.call_listeners: Listeners[PeerCall] = Listeners()
+        #: Fired with each report of the session process.
+        self.report_listeners: Listeners[ActiveSession] = Listeners()
+        #: Every session process started, ended or not (pids, for checks and reports).
+        self.hosts: list[SessionHost] = []
         self.notifications: dict[str, NotifyDeliver] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._preparing = False
         self.client = SignalingClient(
             self.device.server,
             self.device.fingerprint,
@@ -151,10 +172,14 @@ class DeviceAgent:
         self.client.start()
 
     async def stop(self) -> None:
-        await self._end_call()
-        self.session = None
-        for task in list(self._tasks):
+        await self._end_session("agent stopping")
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # A process still warming up for an invite that was being answered.
+        for host in self.hosts:
+            await host.end("agent stopping")
         await self.client.close()
 
     @property
@@ -242,10 +267,11 @@ class DeviceAgent:
         elif isinstance(message, SignalSdp | SignalCandidate):
             await self._on_signal(message)
         elif isinstance(message, CallHangup):
-            if self.session is not None and message.session_id == self.session.invite.session_id:
-                await self._end_call()
-                self.session.state = SessionState.CALL_ENDED
-                self.session_listeners.fire(self.session)
+            session = self.session
+            if session is not None and message.session_id == session.session_id:
+                await session.host.send(ipc.RemoteHangup())
+                session.state = SessionState.CALL_ENDED
+                self.session_listeners.fire(session)
         elif isinstance(message, NotifyDeliver):
             await self._on_notification(message)
 
@@ -258,116 +284,164 @@ class DeviceAgent:
                 SessionReject(session_id=invite.session_id, reason=RejectReason.UNAVAILABLE)
             )
             return
-        if self.session is not None:
+        if self.session is not None or self._preparing:
             await self.client.request(
                 SessionReject(session_id=invite.session_id, reason=RejectReason.BUSY)
             )
             return
-        remaining_s = max(0.0, invite.expires_at_ms / 1000 - time.time())
+        # Start the session process now, while the user reads the prompt: importing
+        # aiortc and PyAV takes a few hundred ms that would otherwise delay the call.
+        # It holds nothing until session.begin (after acceptance): no peer
+        # connection, no device, no candidate.
+        self._preparing = True
+        host = SessionHost(self._on_session_frame, extra_args=self.session_args)
+        self.hosts.append(host)
         try:
-            mode = await asyncio.wait_for(self._invite_handler(invite), remaining_s)
-        except TimeoutError:
-            return  # the server has expired the invite: nothing to send
-        if mode is None:
-            await self.client.request(SessionReject(session_id=invite.session_id))
+            await host.start()
+            remaining_s = max(0.0, invite.expires_at_ms / 1000 - time.time())
+            try:
+                mode = await asyncio.wait_for(self._invite_handler(invite), remaining_s)
+            except TimeoutError:
+                mode = None  # the server has expired the invite: nothing to send
+            else:
+                if mode is None:
+                    await self.client.request(SessionReject(session_id=invite.session_id))
+            if mode is not None and mode not in invite.offered_modes:
+                mode = None
+                log.error("the invite handler chose a mode that was not offered")
+                await self.client.request(SessionReject(session_id=invite.session_id))
+            if mode is None:
+                await host.end("rejected")
+                return
+            session = ActiveSession(
+                invite=invite, mode=mode, accepted_at_ms=int(time.time() * 1000), host=host
+            )
+            self.session = session
+            await host.send(
+                ipc.Begin(
+                    session_id=invite.session_id,
+                    mode=mode,
+                    technician_name=invite.technician.display_name,
+                    device_name=self.name[:128],
+                    ice_servers=self.ice_servers,
+                )
+            )
+            if self.interruption is not AudioInterruption.NONE:
+                await host.send(ipc.Interruption(interruption=self.interruption))
+            try:
+                await self.client.request(SessionAccept(session_id=invite.session_id, mode=mode))
+            except RequestError:
+                await self._end_session("accept refused")
+                raise
+            self.session_listeners.fire(session)
+        finally:
+            self._preparing = False
+            if self.session is None or self.session.host is not host:
+                await host.end("not accepted")
+
+    async def _on_session_frame(self, message: Message) -> None:
+        """A frame from the session process: relay, sign, or record it."""
+        session = self.session
+        if session is None or isinstance(message, ipc.Ended):
             return
-        if mode not in invite.offered_modes:
-            raise ValueError(f"{mode} was not offered")
-        session = ActiveSession(invite=invite, mode=mode, accepted_at_ms=int(time.time() * 1000))
-        self.session = session
-        session.call = self._new_call(session)
-        try:
-            await self.client.request(SessionAccept(session_id=invite.session_id, mode=mode))
-        except RequestError:
-            await self._end_call()
-            self.session = None
-            raise
-        self.session_listeners.fire(session)
-
-    def _new_call(self, session: ActiveSession) -> PeerCall:
-        session_id = session.invite.session_id
-        call = PeerCall(
-            session_id=session_id,
-            is_offerer=False,
-            author=self.name,
-            send_signal=self.client.send,
-            ice_servers=self.ice_servers,
-        )
-
-        async def report_connected() -> None:
-            await call.connected.wait()
-            await self.client.request(CallConnected(session_id=session_id))
-
-        self._spawn(report_connected())
-        self.call_listeners.fire(call)
-        return call
+        sid = session.session_id
+        if isinstance(message, ipc.SignalOut):
+            # Checked like any frame from outside: a signal, for this session only.
+            await self.client.send(ipc.unwrap_signal(message.frame, sid))
+        elif isinstance(message, ipc.Fingerprints):
+            await self._send_consent(session, message)
+        elif isinstance(message, ipc.CallUp):
+            await self.client.request(CallConnected(session_id=sid))
+        elif isinstance(message, ipc.HangUp):
+            with contextlib.suppress(RequestError):
+                await self.client.request(CallHangup(session_id=sid))
+            session.state = SessionState.CALL_ENDED
+            self.session_listeners.fire(session)
+        elif isinstance(message, ipc.Resume):
+            if session.state is SessionState.CALL_ENDED:
+                await self.client.request(SessionResume(session_id=sid))
+        elif isinstance(message, ipc.Report):
+            session.report = session.host.last_report
+            self.report_listeners.fire(session)
 
     async def _on_signal(self, message: SignalSdp | SignalCandidate) -> None:
         session = self.session
-        if session is None or message.session_id != session.invite.session_id:
+        if session is None or message.session_id != session.session_id:
             log.warning("signal for a session we do not have")
             return
-        if session.call is None:
-            session.call = self._new_call(session)
-        call = session.call
-        await call.handle_signal(message)
-        if isinstance(message, SignalSdp) and message.sdp_type is SdpType.OFFER:
-            await self._send_consent(session, call)
+        await session.host.send(ipc.SignalIn(frame=ipc.wrap_signal(message)))
 
-    async def _send_consent(self, session: ActiveSession, call: PeerCall) -> None:
-        """Sign the consent receipt bound to this call's two DTLS fingerprints."""
-        assert call.local_fingerprint
-        assert call.remote_fingerprint
+    async def _send_consent(self, session: ActiveSession, prints: ipc.Fingerprints) -> None:
+        """Sign the consent receipt bound to this call's two DTLS fingerprints.
+
+        The agent signs, never the session process: the device key stays here."""
         receipt = identity.sign_consent(
             self._key,
-            session_id=session.invite.session_id,
+            session_id=session.session_id,
             device_id=self.device.device_id,
             technician_id=session.invite.technician.technician_id,
             mode=session.mode,
             accepted_at_ms=session.accepted_at_ms,
-            offer_fingerprint=call.remote_fingerprint,
-            answer_fingerprint=call.local_fingerprint,
+            offer_fingerprint=prints.offer_fingerprint,
+            answer_fingerprint=prints.answer_fingerprint,
         )
+        session.consented = (prints.offer_fingerprint, prints.answer_fingerprint)
         await self.client.request(SessionConsent(receipt=receipt))
 
     async def _on_session_update(self, update: SessionUpdate) -> None:
         session = self.session
-        if session is None or update.session_id != session.invite.session_id:
+        if session is None or update.session_id != session.session_id:
             return
         session.state = update.state
         if update.state in (SessionState.CLOSED, SessionState.EXPIRED, SessionState.REJECTED):
-            await self._end_call()
-            self.session = None
-            self.session_listeners.fire(None)
+            await self._end_session(update.state.value)
             return
-        if update.state is SessionState.CONNECTING and update.resumed and session.call is None:
-            session.call = self._new_call(session)
         self.session_listeners.fire(session)
 
-    async def _end_call(self) -> None:
+    async def _end_session(self, reason: str) -> None:
+        """The session is over: its process closes the call, releases the camera and
+        microphone and exits; we wait for that."""
+        session, self.session = self.session, None
+        if session is None:
+            return
+        await session.host.end(reason)
+        self.session_listeners.fire(None)
+
+    async def control(self, control: ipc.Control, argument: str = "") -> None:
+        """Operate a call control from outside the call window (tray, automation)."""
         session = self.session
-        if session is not None and session.call is not None:
-            call, session.call = session.call, None
-            await call.close()
+        if session is not None:
+            await session.host.send(ipc.ControlIn(control=control, argument=argument))
 
     async def hang_up(self) -> None:
         """The device user ends the call; the session stays open (status Connected)."""
-        session = self.session
-        if session is None:
-            return
-        await self._end_call()
-        with contextlib.suppress(RequestError):
-            await self.client.request(CallHangup(session_id=session.invite.session_id))
-        session.state = SessionState.CALL_ENDED
-        self.session_listeners.fire(session)
+        await self.control(ipc.Control.HANG_UP)
 
     async def resume(self) -> None:
         """Reopen the call with the same technician; no new consent prompt."""
+        await self.control(ipc.Control.RESUME)
+
+    async def audio_interruption(self, interruption: AudioInterruption) -> None:
+        """The platform hook: a phone call (or another app) took the audio, or gave it
+        back. Live Support audio is muted both ways until it ends."""
+        self.interruption = interruption
         session = self.session
-        if session is None or session.state is not SessionState.CALL_ENDED:
-            return
-        session.call = self._new_call(session)
-        await self.client.request(SessionResume(session_id=session.invite.session_id))
+        if session is not None:
+            await session.host.send(ipc.Interruption(interruption=interruption))
+
+    async def query_session(self) -> dict[str, Any]:
+        """Ask the session process for a fresh report and wait for it."""
+        session = self.session
+        if session is None:
+            return {}
+        got = asyncio.Event()
+        remove = self.report_listeners.add(lambda _s: got.set())
+        try:
+            await session.host.send(ipc.Query())
+            await asyncio.wait_for(got.wait(), 10)
+        finally:
+            remove()
+        return session.report
 
     # -- notifications --------------------------------------------------------------
 

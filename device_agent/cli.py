@@ -2,8 +2,12 @@
 
 The Qt agent (tray, prompt, call window) is built on the same ``DeviceAgent``; until
 it lands, the agent runs headless, with a scripted device user for tests and the demo:
-it accepts invites as ``--accept``, reads every chat message as it arrives, replies
-with the ``--reply`` lines in turn, and reads and answers notifications.
+it accepts invites as ``--accept`` and reads and answers notifications; in the session
+process it reads every chat message as it arrives, replies with the ``--reply`` lines
+in turn and operates the ``--controls`` one after another.
+
+The platform's audio interruption (a phone call) can be raised from outside: SIGUSR1
+starts one, SIGUSR2 ends it.
 """
 
 from __future__ import annotations
@@ -18,33 +22,28 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from device_agent.agent import DeviceAgent, enrol
+from device_agent.session_host import process_alive
 from device_agent.state import AgentState, default_state_dir
-from peer.call import PeerCall
-from peer.chat import ChatEntry, DeliveryState
 from peer.signaling import RequestError
 from protocol.enrolment import BadEnrolmentCode
-from protocol.enums import Mode
+from protocol.enums import AudioInterruption, Mode
 from protocol.messages import NotifyDeliver, SessionInvite
 
 log = logging.getLogger(__name__)
 
 
 class ScriptedUser:
-    """A device user who always answers the same way. Counts, never keeps, content."""
+    """A device user who always answers invites and notifications the same way.
+    (Chat is answered in the session process: the resident agent never sees it.)"""
 
     def __init__(self, agent_ref: list[DeviceAgent], args: argparse.Namespace) -> None:
         self._agent_ref = agent_ref
         self.accept: str = args.accept
-        self.replies: list[str] = list(args.reply)
         self.notification_answer: str | None = args.notification_answer
         self._tasks: set[asyncio.Task[None]] = set()
         self.counts = {
             "invites": 0,
             "accepted": 0,
-            "chat_received": 0,
-            "chat_sent": 0,
-            "chat_delivered": 0,
-            "chat_read": 0,
             "notifications": 0,
         }
 
@@ -61,32 +60,25 @@ class ScriptedUser:
         self.counts["accepted"] += 1
         return mode
 
-    def on_call(self, call: PeerCall) -> None:
-        def on_entry(entry: ChatEntry) -> None:
-            if entry.outgoing:
-                key = {DeliveryState.DELIVERED: "chat_delivered", DeliveryState.READ: "chat_read"}
-                if entry.state in key:
-                    self.counts[key[entry.state]] += 1
-                return
-            if entry.state is DeliveryState.DELIVERED:
-                self.counts["chat_received"] += 1
-                task = asyncio.ensure_future(self._read_and_reply(call, entry))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-        call.chat.listeners.add(on_entry)
-
-    async def _read_and_reply(self, call: PeerCall, entry: ChatEntry) -> None:
-        await call.mark_read([entry.message_id])
-        if self.replies:
-            await call.send_chat(self.replies.pop(0))
-            self.counts["chat_sent"] += 1
-
     async def on_notification(self, note: NotifyDeliver) -> None:
         self.counts["notifications"] += 1
         await self.agent.mark_notification_read(note.notification_id)
         if self.notification_answer:
             await self.agent.answer_notification(note.notification_id, self.notification_answer)
+
+
+def _session_args(args: argparse.Namespace) -> list[str]:
+    """What the session processes are started with."""
+    extra = ["--video-size", args.video_size, "--control-step-s", str(args.control_step_s)]
+    for reply in args.reply:
+        extra += ["--reply", reply]
+    if args.controls:
+        extra += ["--controls", args.controls]
+    if args.fake_media:
+        extra.append("--fake-media")
+    if args.verbose:
+        extra.append("--verbose")
+    return extra
 
 
 def main(argv: Sequence[str]) -> int:
@@ -102,6 +94,17 @@ def main(argv: Sequence[str]) -> int:
         help="headless: how the scripted user answers invites",
     )
     parser.add_argument("--reply", action="append", default=[], help="headless: chat replies")
+    parser.add_argument(
+        "--controls",
+        default="",
+        help="headless: call controls the user operates once the call is up, in order "
+        "(mute,unmute,camera_off,camera_on,switch_camera,audio_output,phone_call,...)",
+    )
+    parser.add_argument("--control-step-s", type=float, default=1.0)
+    parser.add_argument(
+        "--fake-media", action="store_true", help="synthetic camera, tone and silent speaker"
+    )
+    parser.add_argument("--video-size", default="640x480", help="WIDTHxHEIGHT for the camera")
     parser.add_argument("--notification-answer", help="headless: answer notifications so")
     parser.add_argument("--report-stdout", action="store_true", help="print counts on exit")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -138,13 +141,22 @@ async def _run(state: AgentState, args: argparse.Namespace) -> int:
         invite_handler=user.on_invite,
         notification_handler=user.on_notification,
         name=args.name,
+        session_args=_session_args(args),
     )
     agent_ref.append(agent)
-    agent.call_listeners.add(user.on_call)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    tasks: set[asyncio.Future[None]] = set()
+
+    def interruption(kind: AudioInterruption) -> None:
+        task = asyncio.ensure_future(agent.audio_interruption(kind))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGUSR1, interruption, AudioInterruption.PHONE_CALL)
+    loop.add_signal_handler(signal.SIGUSR2, interruption, AudioInterruption.NONE)
     await agent.start()
     stopped = asyncio.ensure_future(agent.client.stopped.wait())
     waiter = asyncio.ensure_future(stop.wait())
@@ -154,7 +166,18 @@ async def _run(state: AgentState, args: argparse.Namespace) -> int:
     fatal = agent.client.fatal
     await agent.stop()
     if args.report_stdout:
-        print(json.dumps({"agent": user.counts}), flush=True)
+        sessions = [
+            {
+                "pid": host.pid,
+                "exit_code": host.returncode,
+                "exited": host.exited.is_set() and not process_alive(host.pid or 0),
+                "media_released": host.ended.media_released if host.ended else None,
+                "counts": host.last_report.get("counts"),
+                "calls": host.last_report.get("call_summaries"),
+            }
+            for host in agent.hosts
+        ]
+        print(json.dumps({"agent": user.counts, "session_processes": sessions}), flush=True)
     if fatal is not None:
         print(f"livesupport agent: {fatal}", file=sys.stderr)
         return 3

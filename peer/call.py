@@ -51,6 +51,7 @@ from aiortc.stats import (
     RTCRemoteOutboundRtpStreamStats,
 )
 
+from peer import ice
 from peer.chat import ChatLog, Listeners, now_ms
 from protocol.chat import CHAT, ChatMessage, ChatReceipt, ChatTyping, MediaState, MessageIds
 from protocol.codec import Message, Sender
@@ -219,6 +220,7 @@ class PeerCall:
         #: (time, bytes) of each stream at the previous stats() call, for bitrates.
         self._byte_marks: dict[str, tuple[float, int]] = {}
 
+        ice.apply_environment()  # an operator's (or the tests') choice of host addresses
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
         self._pc.on("connectionstatechange", self._on_connection_state)
         self._pc.on("track", self._on_track)

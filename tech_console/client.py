@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from aiortc import RTCIceServer
 
 from peer.call import PeerCall
+from peer.call_media import CallMedia, MediaOptions
 from peer.chat import Listeners
+from peer.media import MediaDevices
 from peer.signaling import Backoff, RequestError, SignalingClient, api_post
 from protocol import identity
 from protocol.codec import Message
@@ -65,6 +67,11 @@ class ConsoleSession:
     consent_error: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def media(self) -> CallMedia | None:
+        """The live call's voice and video (None without a call, or in a text call)."""
+        return self.call.media if self.call is not None else None
+
     def touch(self) -> None:
         """Wake whoever waits on a change; they check the state themselves."""
         self.changed.set()
@@ -88,9 +95,14 @@ class ConsoleClient:
         fingerprint: str,
         *,
         ice_servers: Sequence[RTCIceServer] = (),
+        media_devices: MediaDevices | None = None,
+        media_options: MediaOptions | None = None,
         backoff: Backoff = Backoff(),
     ) -> None:
         self.server = server
+        #: The technician's camera, microphone and speakers (synthetic where none exist).
+        self.media_devices = media_devices or MediaDevices(None)
+        self.media_options = media_options or MediaOptions()
         self.fingerprint = fingerprint
         self.ice_servers = list(ice_servers)
         self.token: str | None = None
@@ -144,6 +156,7 @@ class ConsoleClient:
                 session.call = None
         for task in list(self._tasks):
             task.cancel()
+        self.media_devices.close()
         if self.client is not None:
             await self.client.close()
 
@@ -264,12 +277,19 @@ class ConsoleClient:
         self.session_listeners.fire(session)
 
     def _new_call(self, session: ConsoleSession) -> PeerCall:
+        media = None
+        if session.mode is not Mode.TEXT:
+            # The accepted mode, not the one asked for: the user may have chosen voice.
+            media = CallMedia(self.media_devices, session.mode, self.media_options)
+            media.peer_listeners.add(lambda _state: session.touch())
+            media.remote_listeners.add(lambda _kind: session.touch())
         call = PeerCall(
             session_id=session.session_id,
             is_offerer=True,
             author=self.display_name or "Technician",
             send_signal=self.link.send,
             ice_servers=self.ice_servers,
+            media=media,
         )
 
         async def report_connected() -> None:

@@ -3,8 +3,15 @@
 Each part runs as its own process on loopback, set up the way an operator would:
 ``livesupport admin`` makes a device group, a technician and a one-time enrolment
 code; the agent enrols with the code (pinning the server's certificate) and stays
-connected; the console logs in and plays a scripted session and a notification round.
-The report (JSON) holds every step's outcome and timings, never chat content.
+connected; the console logs in and plays a scripted video session (synthetic camera
+and tone on both ends; the device's call in its own session process) and a
+notification round. The report (JSON) holds every step's outcome and timings, never
+chat content.
+
+The agent runs with its own home, data, config, cache and temp folders; after the
+session every file in them (and its log) is searched for the words of the
+conversation (``device_leftovers.canary_hits`` must be 0), and any file written or
+changed while the session ran is listed.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from tech_console.scripted import DEMO_MESSAGES, DEVICE_CONTROLS
+
 DEVICE_REPLIES = ("Hi! It is the one on the second floor.", "It works now, thank you!")
 NOTIFICATION_ANSWER = "That is fine, thanks."
 
@@ -37,6 +46,10 @@ REQUIRED_TRUE = (
     "notification.read",
     "notification.answered",
     "session.closed",
+    "call.first_frame_ms",
+    "call.controls_all_seen",
+    "session.process_exited",
+    "session.media_released",
 )
 
 
@@ -88,6 +101,10 @@ def run(out: Path, *, timeout_s: float = 120.0) -> dict[str, Any]:
     logs.mkdir()
     ready = out / "server.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Don't let a cache of ours (bytecode) count as a file the session wrote.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # Every part on loopback: the calls offer 127.0.0.1 only as their host candidate.
+    env["LIVESUPPORT_ICE_HOSTS"] = "127.0.0.1"
     processes: list[subprocess.Popen[bytes]] = []
     started = time.monotonic()
     with contextlib.ExitStack() as files:
@@ -145,17 +162,23 @@ def _run_parts(
     )
     code = _admin(server_data, "enrolment-token", "Demo tablets", "--server", info["url"])
     agent_args = ["agent", "--state", str(agent_state), "--enrol", code["code"]]
-    agent_args += ["--name", "Demo tablet", "--headless", "--accept", "text"]
+    agent_args += ["--name", "Demo tablet", "--headless", "--accept", "video", "--fake-media"]
     for reply in DEVICE_REPLIES:
         agent_args += ["--reply", reply]
+    agent_args += ["--controls", ",".join(DEVICE_CONTROLS), "--control-step-s", "1.0"]
     agent_args += ["--notification-answer", NOTIFICATION_ANSWER, "--report-stdout"]
+    agent_env, agent_folders = _agent_env(out, env)
     agent = subprocess.Popen(
         _livesupport(*agent_args),
         stdout=subprocess.PIPE,
         stderr=log_file("agent.log"),
-        env=env,
+        env=agent_env,
     )
     processes.append(agent)
+    # Enrolled (key and identity written) before the session: what is there now is
+    # the baseline; anything written after it was written during the session.
+    _wait_enrolled(agent_state, agent, 30)
+    baseline = _file_marks([agent_state, *agent_folders])
     console_report = out / "console-report.json"
     console = subprocess.run(
         _livesupport(
@@ -189,21 +212,111 @@ def _run_parts(
     _stop(agent)
     agent_out = agent.stdout.read().decode() if agent.stdout else ""
     agent_counts: dict[str, int] = {}
+    agent_sessions: list[dict[str, Any]] = []
     for line in agent_out.splitlines():
         if line.startswith("{"):
             agent_counts = json.loads(line).get("agent", {})
+            agent_sessions = json.loads(line).get("session_processes", [])
+    canaries = [*DEMO_MESSAGES, *DEVICE_REPLIES, NOTIFICATION_ANSWER]
+    hits = _canary_hits([agent_state, *agent_folders, out / "logs" / "agent.log"], canaries)
+    report["device_leftovers.canary_hits"] = len(hits)
+    report["device_leftovers.canary_files"] = hits
+    report["device_leftovers.files_written_during_session"] = _changed_files(
+        baseline, _file_marks([agent_state, *agent_folders])
+    )
     report["agent.counts"] = agent_counts
-    sent_both = report.get("chat.console_sent", 0) + agent_counts.get("chat_sent", 0)
-    delivered = report.get("chat.console_delivered", 0) + agent_counts.get("chat_delivered", 0)
-    read = report.get("chat.console_read", 0) + agent_counts.get("chat_read", 0)
+    sessions = agent_sessions
+    report["session.processes"] = len(sessions)
+    report["session.process_exited"] = bool(sessions) and all(s["exited"] for s in sessions)
+    report["session.media_released"] = bool(sessions) and all(
+        s["media_released"] for s in sessions if s["calls"] is not None
+    )
+    device_counts: dict[str, int] = {}
+    for entry in sessions:
+        for key, value in (entry.get("counts") or {}).items():
+            device_counts[key] = device_counts.get(key, 0) + value
+        for call in entry.get("calls") or []:
+            if call.get("fps_received_avg") is not None:
+                report["call.fps_received.device_avg"] = call["fps_received_avg"]
+                report["call.video_received.device"] = call.get("video_received")
+    sent_both = report.get("chat.console_sent", 0) + device_counts.get("chat_sent", 0)
+    delivered = report.get("chat.console_delivered", 0) + device_counts.get("chat_delivered", 0)
+    read = report.get("chat.console_read", 0) + device_counts.get("chat_read", 0)
     report["chat.sent"] = sent_both
     report["chat.delivered"] = sent_both > 0 and delivered == sent_both
     report["chat.read"] = sent_both > 0 and read == sent_both
     report["chat.delivered_count"] = delivered
     report["chat.read_count"] = read
     report["demo.seconds"] = round(time.monotonic() - started, 2)
-    report["ok"] = all(bool(report.get(key)) for key in REQUIRED_TRUE)
+    report["ok"] = (
+        all(bool(report.get(key)) for key in REQUIRED_TRUE)
+        and report["device_leftovers.canary_hits"] == 0
+        and not report["device_leftovers.files_written_during_session"]
+    )
     return report
+
+
+def _agent_env(out: Path, env: dict[str, str]) -> tuple[dict[str, str], list[Path]]:
+    """The agent's own home, data, config, cache, state and temp folders, so the
+    leftovers check sees every place a process would write to by default."""
+    names = {
+        "HOME": "home",
+        "XDG_DATA_HOME": "data",
+        "XDG_CONFIG_HOME": "config",
+        "XDG_CACHE_HOME": "cache",
+        "XDG_STATE_HOME": "xdg-state",
+        "XDG_RUNTIME_DIR": "runtime",
+        "TMPDIR": "tmp",
+    }
+    folders: list[Path] = []
+    agent_env = dict(env)
+    for variable, name in names.items():
+        folder = out / "agent-folders" / name
+        folder.mkdir(parents=True, mode=0o700)
+        agent_env[variable] = str(folder)
+        folders.append(folder)
+    return agent_env, folders
+
+
+def _wait_enrolled(state: Path, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (state / "identity.json").exists():
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"the agent exited with {process.returncode} before enrolling")
+        time.sleep(0.05)
+    raise RuntimeError("the agent did not enrol in time")
+
+
+def _file_marks(folders: Sequence[Path]) -> dict[str, tuple[int, int]]:
+    """Every file under ``folders``: (size, modification time in ns)."""
+    marks: dict[str, tuple[int, int]] = {}
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                info = path.stat()
+                marks[str(path)] = (info.st_size, info.st_mtime_ns)
+    return marks
+
+
+def _changed_files(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]
+) -> list[str]:
+    return sorted(path for path, mark in after.items() if before.get(path) != mark)
+
+
+def _canary_hits(paths: Sequence[Path], canaries: Sequence[str]) -> list[str]:
+    """Files (under ``paths``) that hold any of the canaries, in UTF-8 or UTF-16."""
+    needles = [c.encode(enc) for c in canaries for enc in ("utf-8", "utf-16-le")]
+    hits: list[str] = []
+    for root in paths:
+        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        for path in files:
+            content = path.read_bytes()
+            if any(needle in content for needle in needles):
+                hits.append(str(path))
+    return hits
 
 
 def _print_table(report: dict[str, Any]) -> None:

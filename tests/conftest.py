@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from peer import ice
 from protocol.enums import Mode, Role
 from signaling_server.config import ServerConfig
 from signaling_server.server import RunningServer
 from signaling_server.store import Group, Store, Technician
 
 PASSWORD = "correct horse battery"
+
+# Calls in tests stay on loopback: host candidates of this process (any aiortc peer
+# connection) and of every process it starts (the device's session processes).
+os.environ[ice.ENV] = "127.0.0.1"
+ice.restrict_host_addresses(["127.0.0.1"])
 
 
 @dataclasses.dataclass

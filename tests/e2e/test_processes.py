@@ -1,7 +1,7 @@
 """End to end across real processes: `livesupport demo` starts a server, an agent and
-a console as separate processes on loopback and plays a full text session and a
-notification round. Then we check that nothing of the conversation reached the
-agent's disk."""
+a console as separate processes on loopback and plays a full video session (the
+device's call in its own session process) and a notification round. Then we check
+that nothing of the conversation reached the agent's disk."""
 
 from __future__ import annotations
 
@@ -33,6 +33,14 @@ def test_demo_plays_a_full_session_across_processes(tmp_path: Path) -> None:
     assert report["device.status_after"] == "disconnected"
     assert report["session.chat_cleared"] is True
     assert report["call.route"] == "direct"
+    assert report["call.mode"] == "video"
+    assert report["call.first_frame_ms"] >= report["session.setup_ms"] > 0
+    assert report["call.controls"] == dict.fromkeys(scripted.DEVICE_CONTROLS, True)
+    assert report["call.fps_received.console_avg"] > 5
+    assert report["call.fps_received.device_avg"] > 5
+    assert report["session.processes"] == 1
+    assert report["session.process_exited"] is True
+    assert report["session.media_released"] is True
 
 
 @pytest.mark.timeout(180)
@@ -41,12 +49,17 @@ def test_no_conversation_content_reaches_the_agents_disk(tmp_path: Path) -> None
     report = demo.run(out, timeout_s=90)
     assert report["ok"], report
 
+    assert report["device_leftovers.canary_hits"] == 0
+    assert report["device_leftovers.files_written_during_session"] == []
     canaries = [*scripted.DEMO_MESSAGES, *demo.DEVICE_REPLIES, demo.NOTIFICATION_ANSWER]
+    # Checked here again, independently of the demo's own scan: the agent's state,
+    # its home, data, config, cache and temp folders, and its log.
+    leftovers = _files(out / "agent-folders")
     agent_files = _files(out / "agent-state")
     # The agent keeps its identity, its key and nothing else.
     assert sorted(p.name for p in agent_files) == ["device-key.pem", "identity.json"]
     # Neither its state nor its log (stderr) holds a word of the conversation.
-    for path in [*agent_files, out / "logs" / "agent.log"]:
+    for path in [*agent_files, *leftovers, out / "logs" / "agent.log"]:
         content = path.read_bytes()
         for canary in canaries:
             assert canary.encode() not in content, f"{canary!r} found in {path}"

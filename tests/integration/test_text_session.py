@@ -5,83 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from device_agent.agent import DeviceAgent, enrol
-from device_agent.state import AgentState, ServiceConfig
+from device_agent.session_host import process_alive
+from device_agent.state import ServiceConfig
 from peer.chat import DeliveryState
-from peer.signaling import Backoff, RequestError
+from peer.signaling import RequestError
 from protocol.enums import LiveSupportStatus, Mode, NotificationState, SessionState
-from protocol.messages import NotifyDeliver, SessionInvite
 from tech_console.client import ConsoleClient
 from tests.conftest import PASSWORD, Lab
+from tests.integration.harness import FAST, Pair, make_pair, until
 
-FAST = Backoff(base_s=0.05, cap_s=0.5)
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Wait, with a deadline, for a condition that network callbacks make true.
-
-    The conditions span several objects (call, chat log, inventory), so this polls
-    the state every 10 ms rather than wiring an event into each; it never sleeps a
-    fixed time hoping something happened.
-    """
-
-    async def wait() -> None:
-        while not predicate():  # noqa: ASYNC110 (see the docstring)
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(wait(), timeout_s)
-
-
-@dataclass
-class Pair:
-    agent: DeviceAgent
-    console: ConsoleClient
-    answers: asyncio.Queue[SessionInvite]
-    decision: list[Mode | None]
-    notes: asyncio.Queue[NotifyDeliver]
-
-    @property
-    def device_id(self) -> str:
-        return self.agent.device.device_id
+DEVICE_REPLY = "Hello from the device"
 
 
 @pytest.fixture
 async def pair(lab: Lab, tmp_path: Path) -> AsyncIterator[Pair]:
-    state = AgentState(tmp_path / "agent")
-    await enrol(state, await lab.enrolment_code(), name="Tablet 7")
-    answers: asyncio.Queue[SessionInvite] = asyncio.Queue()
-    notes: asyncio.Queue[NotifyDeliver] = asyncio.Queue()
-    decision: list[Mode | None] = [Mode.TEXT]
-
-    async def on_invite(invite: SessionInvite) -> Mode | None:
-        await answers.put(invite)
-        return decision[0]
-
-    async def on_note(note: NotifyDeliver) -> None:
-        await notes.put(note)
-
-    agent = DeviceAgent(state, invite_handler=on_invite, notification_handler=on_note, backoff=FAST)
-    await agent.start()
-    await agent.client.wait_online()
-    console = ConsoleClient(lab.url, lab.fingerprint, backoff=FAST)
-    await console.login("tech", PASSWORD)
-    device_id = agent.device.device_id
-    await until(
-        lambda: (
-            device_id in console.devices
-            and console.devices[device_id].status is LiveSupportStatus.DISCONNECTED
-            and console.devices[device_id].online
-        )
-    )
-    yield Pair(agent, console, answers, decision, notes)
-    await console.close()
-    await agent.stop()
+    # The scripted device user in the session process reads each message as it
+    # arrives and answers the first one.
+    async with make_pair(lab, tmp_path, session_args=["--reply", DEVICE_REPLY]) as made:
+        yield made
 
 
 async def test_text_session_with_receipts_both_ways(pair: Pair) -> None:
@@ -93,43 +39,41 @@ async def test_text_session_with_receipts_both_ways(pair: Pair) -> None:
     assert invite.reason == "ticket INC-1"
     await until(lambda: session.call is not None and session.call.chat_open)
     await until(lambda: session.consent_verified)
-    await until(lambda: agent.session is not None and agent.session.call is not None)
-    assert agent.session is not None
-    assert agent.session.call is not None
-    device_call = agent.session.call
-    await until(lambda: device_call.chat_open)
+    await until(lambda: agent.session is not None)
     assert agent.status is LiveSupportStatus.CONNECTED
     await until(lambda: console.devices[pair.device_id].status is LiveSupportStatus.CONNECTED)
     tech_call = session.call
     assert tech_call is not None
 
     mid = await tech_call.send_chat("Hello from the technician")
-    await until(
-        lambda: (
-            (e := tech_call.chat.outgoing(mid)) is not None and e.state is DeliveryState.DELIVERED
-        )
-    )
-    incoming = device_call.chat.incoming(mid)
-    assert incoming is not None
-    assert incoming.text == "Hello from the technician"
-    await device_call.mark_read([mid])
+    # Gray, then blue: the device user (in the session process) reads it on arrival.
     await until(
         lambda: (e := tech_call.chat.outgoing(mid)) is not None and e.state is DeliveryState.READ
     )
-
-    reply = await device_call.send_chat("Hello from the device")
-    await until(lambda: tech_call.chat.incoming(reply) is not None)
-    await tech_call.mark_read([reply])
-    await until(
-        lambda: (
-            (e := device_call.chat.outgoing(reply)) is not None and e.state is DeliveryState.READ
-        )
-    )
+    # ...and answers; the technician reads the answer, and the device sees blue checks.
+    await until(lambda: any(not e.outgoing for e in tech_call.chat))
+    reply = next(e for e in tech_call.chat if not e.outgoing)
+    assert reply.text == DEVICE_REPLY
+    await tech_call.mark_read([reply.message_id])
+    report = await pair.until_device(lambda r: r["counts"]["chat_read"] == 1)
+    assert report["counts"] == {
+        "chat_received": 1,
+        "chat_sent": 1,
+        "chat_delivered": 1,
+        "chat_read": 1,
+    }
+    assert agent.session is not None
+    host = agent.session.host
+    assert host.pid is not None
 
     await console.close_session(session.session_id)
     await console.wait_session(session, [SessionState.CLOSED])
     await until(lambda: agent.session is None)
-    assert len(device_call.chat) == 0, "the device's chat must be gone with the session"
+    # The chat lived in the session process only, and that process is gone.
+    await asyncio.wait_for(host.exited.wait(), 10)
+    assert not process_alive(host.pid)
+    assert host.ended is not None
+    assert host.ended.media_released
     await until(lambda: console.devices[pair.device_id].status is LiveSupportStatus.DISCONNECTED)
 
 
