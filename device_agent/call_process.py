@@ -369,6 +369,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--fake-media", action="store_true", help="synthetic devices only")
     parser.add_argument("--video-size", default="640x480", help="WIDTHxHEIGHT asked of cameras")
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument(
+        "--encoders",
+        choices=["interactive", "aiortc"],
+        default="interactive",
+        help="video encoder settings: ours for interactive calls, or aiortc's own",
+    )
     parser.add_argument("--reply", action="append", default=[], help="headless: chat replies")
     parser.add_argument(
         "--controls",
@@ -426,8 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s session[{os.getpid()}] %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # aiortc offers no encoder settings; ours are tuned for interactive calls.
-    encoders.install(encoders.INTERACTIVE)
+    # aiortc offers no encoder settings; ours are tuned for interactive calls
+    # (AIORTC_DEFAULT keeps aiortc's, still metered, for benchmarks).
+    interactive = args.encoders == "interactive"
+    encoders.install(encoders.INTERACTIVE if interactive else encoders.AIORTC_DEFAULT)
     return asyncio.run(run(args))
 
 

@@ -70,6 +70,7 @@ class ScriptedUser:
 def _session_args(args: argparse.Namespace) -> list[str]:
     """What the session processes are started with."""
     extra = ["--video-size", args.video_size, "--control-step-s", str(args.control_step_s)]
+    extra += ["--encoders", args.encoders]
     for reply in args.reply:
         extra += ["--reply", reply]
     if args.controls:
@@ -105,6 +106,12 @@ def main(argv: Sequence[str]) -> int:
         "--fake-media", action="store_true", help="synthetic camera, tone and silent speaker"
     )
     parser.add_argument("--video-size", default="640x480", help="WIDTHxHEIGHT for the camera")
+    parser.add_argument(
+        "--encoders",
+        choices=["interactive", "aiortc"],
+        default="interactive",
+        help=argparse.SUPPRESS,
+    )
     parser.add_argument("--notification-answer", help="headless: answer notifications so")
     parser.add_argument("--report-stdout", action="store_true", help="print counts on exit")
     parser.add_argument("-v", "--verbose", action="store_true")

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from peer import encoders
 from peer.signaling import RequestError
 from tech_console.client import ConsoleClient
 from tech_console.scripted import run_demo_session
@@ -47,6 +48,8 @@ def main(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    # aiortc offers no encoder settings; ours are tuned for interactive calls.
+    encoders.install(encoders.INTERACTIVE)
     try:
         report = asyncio.run(_run(args, password))
     except RequestError as exc:
