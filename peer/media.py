@@ -102,6 +102,13 @@ SYNTHETIC_SPEAKER = MediaDevice(
     synthetic=True,
     is_default=True,
 )
+#: A second output, so that choosing the audio output has something to choose.
+SYNTHETIC_HEADSET = MediaDevice(
+    device_id="synthetic:speaker:headset",
+    name="Synthetic headset (silent)",
+    kind=DeviceKind.SPEAKER,
+    synthetic=True,
+)
 
 
 # -- pacing and counting ----------------------------------------------------------------
@@ -546,7 +553,7 @@ class SyntheticBackend:
         self._devices: dict[DeviceKind, list[MediaDevice]] = {
             DeviceKind.CAMERA: [SYNTHETIC_FRONT, SYNTHETIC_BACK],
             DeviceKind.MICROPHONE: [SYNTHETIC_TONE],
-            DeviceKind.SPEAKER: [SYNTHETIC_SPEAKER],
+            DeviceKind.SPEAKER: [SYNTHETIC_SPEAKER, SYNTHETIC_HEADSET],
         }
         # Insertion-ordered: open_devices() lists in the order things were opened.
         self._open: dict[int, _Handle] = {}

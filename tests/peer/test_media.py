@@ -349,7 +349,10 @@ def test_synthetic_backend_lists_its_devices(backend: SyntheticBackend) -> None:
         ("synthetic:camera:back", "Synthetic back camera", Facing.BACK),
     ]
     assert [d.name for d in backend.devices(DeviceKind.MICROPHONE)] == ["Synthetic tone (440 Hz)"]
-    assert [d.name for d in backend.devices(DeviceKind.SPEAKER)] == ["Synthetic speaker (silent)"]
+    assert [d.name for d in backend.devices(DeviceKind.SPEAKER)] == [
+        "Synthetic speaker (silent)",
+        "Synthetic headset (silent)",
+    ]
     every = [d for kind in DeviceKind for d in backend.devices(kind)]
     assert all(d.synthetic for d in every)
     assert all(d.device_id.startswith(f"synthetic:{d.kind.value}:") for d in every)
