@@ -6,6 +6,7 @@ that nothing of the conversation reached the agent's disk."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,9 +19,18 @@ def _files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()]
 
 
+@pytest.fixture(scope="module")
+def played(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """One run of the demo (about 15 s) that both tests read."""
+    out = tmp_path_factory.mktemp("e2e") / "demo"
+    return out, demo.run(out, timeout_s=90)
+
+
 @pytest.mark.timeout(180)
-def test_demo_plays_a_full_session_across_processes(tmp_path: Path) -> None:
-    report = demo.run(tmp_path / "demo", timeout_s=90)
+def test_demo_plays_a_full_session_across_processes(
+    played: tuple[Path, dict[str, Any]],
+) -> None:
+    _, report = played
 
     for key in demo.REQUIRED_TRUE:
         assert report.get(key), f"{key} is {report.get(key)!r}: {report}"
@@ -44,9 +54,10 @@ def test_demo_plays_a_full_session_across_processes(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_no_conversation_content_reaches_the_agents_disk(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    report = demo.run(out, timeout_s=90)
+def test_no_conversation_content_reaches_the_agents_disk(
+    played: tuple[Path, dict[str, Any]],
+) -> None:
+    out, report = played
     assert report["ok"], report
 
     assert report["device_leftovers.canary_hits"] == 0
