@@ -5,6 +5,10 @@ call asks for its tracks (after the device user accepted; the console only offer
 after that too), and closes every one of them when the call ends, so a camera light
 goes off with the call.
 
+Devices come and go during a call: when the camera, microphone or audio output in use
+disappears, the call moves to the platform's default of that kind (or turns that
+device off when none is left) and tells the peer, as if the user had switched.
+
 The controls (mute, camera on/off, switch camera, audio output) each change what is
 sent *and* produce a new :class:`~protocol.chat.MediaState` that the call sends to
 the peer on the data channel, so the other side sees both the effect (silence, no
@@ -37,7 +41,7 @@ from protocol.enums import AudioInterruption, CameraFacing, Mode
 if TYPE_CHECKING:
     from aiortc import MediaStreamTrack
 
-    from peer.devices import AudioOutput
+    from peer.devices import AudioOutput, VideoSource
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +104,7 @@ class CallMedia:
         self._output: AudioOutput | None = None
         self._opened = False
         self._closed = False
+        self._unsubscribe = devices.changed.add(self._on_devices_changed)
 
     # -- what the mode carries --------------------------------------------------------
 
@@ -135,7 +140,7 @@ class CallMedia:
         self._apply_audio_gates()
         return tracks
 
-    def _open_camera(self) -> Any:
+    def _open_camera(self) -> VideoSource | None:
         if self.camera is None:
             return None
         o = self.options
@@ -162,6 +167,7 @@ class CallMedia:
         if self._closed:
             return
         self._closed = True
+        self._unsubscribe()
         # Tracks first: stopping them closes the camera and microphone sources.
         for track in (self.audio_track, self.video_track):
             if track is not None:
@@ -182,6 +188,37 @@ class CallMedia:
     def released(self) -> bool:
         """No camera, microphone or speaker of this call is held any more."""
         return not self.devices.open_devices()
+
+    def _on_devices_changed(self, kind: DeviceKind) -> None:
+        """A device was plugged in or removed: if ours is gone, move to the default."""
+        if self._closed or not self._opened:
+            return
+        present = self.devices.devices(kind)
+        if kind is DeviceKind.CAMERA and self.video_track is not None:
+            if self.camera in present:
+                return
+            self.camera = self.devices.default(kind)
+            self.video_track.set_source(self._open_camera() if self._camera_on else None)
+        elif kind is DeviceKind.MICROPHONE and self.audio_track is not None:
+            if self.microphone in present:
+                return
+            self.microphone = self.devices.default(kind)
+            mic = self.microphone
+            self.audio_track.set_source(self.devices.open_microphone(mic) if mic else None)
+        elif kind is DeviceKind.SPEAKER and self.has_audio:
+            if self.speaker in present:
+                return
+            self.speaker = self.devices.default(kind)
+            old = self._output
+            self._output = self.devices.open_speaker(self.speaker) if self.speaker else None
+            if self.audio_in is not None:
+                self.audio_in.set_output(self._output)
+            elif old is not None:
+                old.close()
+        else:
+            return
+        log.info("the %s in use went away; now using the default", kind.value)
+        self._changed()
 
     # -- controls ---------------------------------------------------------------------
 
@@ -246,8 +283,8 @@ class CallMedia:
         old, self._output = self._output, self.devices.open_speaker(device)
         self.speaker = device
         if self.audio_in is not None:
-            self.audio_in.set_output(self._output)
-        if old is not None:
+            self.audio_in.set_output(self._output)  # closes the old output
+        elif old is not None:
             old.close()
         self._changed()
 
