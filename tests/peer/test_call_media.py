@@ -42,6 +42,10 @@ def camera(media: CallMedia) -> MediaDevice | None:
     return media.camera
 
 
+def interruption(media: CallMedia) -> AudioInterruption:
+    return media.interruption
+
+
 def last(states: list[MediaState]) -> MediaState:
     return states[-1]
 
@@ -156,10 +160,10 @@ async def test_interruptions_mute_both_ways_and_restore_the_users_choice(
     media.apply_peer_state(
         MediaState(microphone=False, camera=False, interruption=AudioInterruption.PHONE_CALL)
     )
-    assert media.interruption is AudioInterruption.PHONE_CALL
+    assert interruption(media) is AudioInterruption.PHONE_CALL
     assert silent(media)
     media.apply_peer_state(MediaState(microphone=True, camera=False))
-    assert media.interruption is AudioInterruption.NONE
+    assert interruption(media) is AudioInterruption.NONE
     assert silent(media), "the user had muted: it stays muted"
     media.set_muted(False)
     assert not silent(media)
