@@ -130,6 +130,7 @@ class DeviceAgent:
         name: str | None = None,
         ice_servers: Sequence[ipc.IceServer] = (),
         session_args: Sequence[str] = (),
+        server_grace_s: float = 60.0,
         backoff: Backoff = Backoff(),
     ) -> None:
         self.state = state
@@ -145,6 +146,11 @@ class DeviceAgent:
         self.session_args = list(session_args)
         #: The platform's audio interruption, as last raised (see ``audio_interruption``).
         self.interruption = AudioInterruption.NONE
+        #: How long a session outlives the lost server (the server's own grace period
+        #: for a lost device has the same default): past it, nobody can close the
+        #: session properly, so the device ends it and releases its devices.
+        self.server_grace_s = server_grace_s
+        self._server_lost: asyncio.TimerHandle | None = None
         self.server_status: DeviceStatus | None = None
         self.session: ActiveSession | None = None
         self.status_listeners: Listeners[LiveSupportStatus] = Listeners()
@@ -234,6 +240,23 @@ class DeviceAgent:
 
     def _on_link_state(self, link: LinkState) -> None:
         self.status_listeners.fire(self.status)
+        if link is LinkState.ONLINE:
+            self._cancel_server_lost()
+        elif self.session is not None and self._server_lost is None:
+            self._server_lost = asyncio.get_running_loop().call_later(
+                self.server_grace_s, self._on_server_lost
+            )
+
+    def _on_server_lost(self) -> None:
+        self._server_lost = None
+        if self.session is not None and not self.online:
+            log.warning("the server is gone past the grace period: ending the session")
+            self._spawn(self._end_session("server lost"))
+
+    def _cancel_server_lost(self) -> None:
+        if self._server_lost is not None:
+            self._server_lost.cancel()
+            self._server_lost = None
 
     async def report_status(self) -> None:
         service = self.service
@@ -404,6 +427,7 @@ class DeviceAgent:
         session, self.session = self.session, None
         if session is None:
             return
+        self._cancel_server_lost()
         await session.host.end(reason)
         self.session_listeners.fire(None)
 

@@ -265,6 +265,25 @@ async def test_technician_close_ends_the_session_process_and_releases_devices(
     assert pair.console.media_devices.open_devices() == []
 
 
+async def test_a_server_gone_past_the_grace_period_ends_the_session(pair: Pair, lab: Lab) -> None:
+    pair.agent.server_grace_s = 1.0
+    session = await start_call(pair, Mode.VIDEO)
+    media = media_of(session)
+    assert pair.agent.session is not None
+    host = pair.agent.session.host
+    await lab.server.stop()
+    # Peer to peer, the call goes on without the server for now.
+    await until(lambda: not pair.agent.online)
+    assert media.video_in is not None
+    frames = media.video_in.frames
+    await until(lambda: media.video_in is not None and media.video_in.frames > frames + 5)
+    # Past the grace period the device ends the session and releases its devices.
+    await asyncio.wait_for(host.exited.wait(), 10)
+    assert pair.agent.session is None
+    assert host.ended is not None
+    assert host.ended.media_released
+
+
 async def test_technician_camera_off_and_on(pair: Pair) -> None:
     session = await start_call(pair, Mode.VIDEO)
     media = media_of(session)
