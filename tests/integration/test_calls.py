@@ -279,7 +279,7 @@ async def test_a_server_gone_past_the_grace_period_ends_the_session(pair: Pair, 
     await until(lambda: media.video_in is not None and media.video_in.frames > frames + 5)
     # Past the grace period the device ends the session and releases its devices.
     await asyncio.wait_for(host.exited.wait(), 10)
-    assert pair.agent.session is None
+    await until(lambda: pair.agent.session is None)
     assert host.ended is not None
     assert host.ended.media_released
 
