@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= build/demo
 
-.PHONY: all setup system-libs test lint typecheck imports pytest demo demo-headless clean
+.PHONY: all setup system-libs test lint typecheck imports pytest demo demo-headless bench bench-quick clean
 
 all: test
 
@@ -51,6 +51,16 @@ demo: setup
 
 demo-headless: setup
 	$(BIN)/livesupport demo --headless --out $(DEMO_DIR) --report $(DEMO_DIR)/report.json
+
+# Benchmarks (not part of `make test`): encoder settings, then calls end to end.
+# Each prints a table beside its floor and writes JSON under build/bench/.
+bench: setup
+	$(BIN)/python -m bench.encoders
+	$(BIN)/python -m bench.calls
+
+bench-quick: setup
+	$(BIN)/python -m bench.encoders --quick
+	$(BIN)/python -m bench.calls --quick
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
