@@ -131,6 +131,7 @@ class DeviceAgent:
         ice_servers: Sequence[ipc.IceServer] = (),
         session_args: Sequence[str] = (),
         server_grace_s: float = 60.0,
+        prewarm: bool = False,
         backoff: Backoff = Backoff(),
     ) -> None:
         self.state = state
@@ -151,6 +152,13 @@ class DeviceAgent:
         #: session properly, so the device ends it and releases its devices.
         self.server_grace_s = server_grace_s
         self._server_lost: asyncio.TimerHandle | None = None
+        #: Keep one idle session process started ahead of the next invite. It holds
+        #: nothing (no session, device or candidate) but has aiortc and PyAV loaded,
+        #: so a call starts as fast as in one process; it costs its memory while idle.
+        #: Off by default: the process then starts at the invite, while the prompt
+        #: shows, which a person's reaction time hides.
+        self.prewarm = prewarm
+        self._spare: SessionHost | None = None
         self.server_status: DeviceStatus | None = None
         self.session: ActiveSession | None = None
         self.status_listeners: Listeners[LiveSupportStatus] = Listeners()
@@ -176,6 +184,25 @@ class DeviceAgent:
 
     async def start(self) -> None:
         self.client.start()
+        if self.prewarm:
+            self._spawn(self._refill_spare())
+
+    async def _refill_spare(self) -> None:
+        if self._spare is None or self._spare.exited.is_set():
+            spare = SessionHost(self._on_session_frame, extra_args=self.session_args)
+            self.hosts.append(spare)
+            self._spare = spare
+            await spare.start()
+
+    async def _session_host(self) -> SessionHost:
+        """The spare process if one is ready, else a new one."""
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.process is not None and not spare.exited.is_set():
+            return spare
+        host = SessionHost(self._on_session_frame, extra_args=self.session_args)
+        self.hosts.append(host)
+        await host.start()
+        return host
 
     async def stop(self) -> None:
         await self._end_session("agent stopping")
@@ -317,10 +344,9 @@ class DeviceAgent:
         # It holds nothing until session.begin (after acceptance): no peer
         # connection, no device, no candidate.
         self._preparing = True
-        host = SessionHost(self._on_session_frame, extra_args=self.session_args)
-        self.hosts.append(host)
+        host: SessionHost | None = None
         try:
-            await host.start()
+            host = await self._session_host()
             remaining_s = max(0.0, invite.expires_at_ms / 1000 - time.time())
             try:
                 mode = await asyncio.wait_for(self._invite_handler(invite), remaining_s)
@@ -359,8 +385,10 @@ class DeviceAgent:
             self.session_listeners.fire(session)
         finally:
             self._preparing = False
-            if self.session is None or self.session.host is not host:
+            if host is not None and (self.session is None or self.session.host is not host):
                 await host.end("not accepted")
+            if self.prewarm and self.session is None:
+                self._spawn(self._refill_spare())
 
     async def _on_session_frame(self, message: Message) -> None:
         """A frame from the session process: relay, sign, or record it."""
@@ -430,6 +458,8 @@ class DeviceAgent:
         self._cancel_server_lost()
         await session.host.end(reason)
         self.session_listeners.fire(None)
+        if self.prewarm and reason != "agent stopping":
+            self._spawn(self._refill_spare())
 
     async def control(self, control: ipc.Control, argument: str = "") -> None:
         """Operate a call control from outside the call window (tray, automation)."""

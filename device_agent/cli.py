@@ -39,6 +39,7 @@ class ScriptedUser:
     def __init__(self, agent_ref: list[DeviceAgent], args: argparse.Namespace) -> None:
         self._agent_ref = agent_ref
         self.accept: str = args.accept
+        self.accept_delay_s: float = args.accept_delay_s
         self.notification_answer: str | None = args.notification_answer
         self._tasks: set[asyncio.Task[None]] = set()
         self.counts = {
@@ -53,6 +54,8 @@ class ScriptedUser:
 
     async def on_invite(self, invite: SessionInvite) -> Mode | None:
         self.counts["invites"] += 1
+        if self.accept_delay_s:
+            await asyncio.sleep(self.accept_delay_s)  # a person reading the prompt
         if self.accept == "reject":
             return None
         wanted = Mode(self.accept)
@@ -93,6 +96,14 @@ def main(argv: Sequence[str]) -> int:
         choices=["text", "voice", "video", "reject"],
         default="text",
         help="headless: how the scripted user answers invites",
+    )
+    parser.add_argument(
+        "--accept-delay-s", type=float, default=0.0, help="headless: time taken to answer"
+    )
+    parser.add_argument(
+        "--prewarm",
+        action="store_true",
+        help="keep one idle session process ready (faster call start, more memory while idle)",
     )
     parser.add_argument("--reply", action="append", default=[], help="headless: chat replies")
     parser.add_argument(
@@ -149,6 +160,7 @@ async def _run(state: AgentState, args: argparse.Namespace) -> int:
         notification_handler=user.on_notification,
         name=args.name,
         session_args=_session_args(args),
+        prewarm=args.prewarm,
     )
     agent_ref.append(agent)
     stop = asyncio.Event()

@@ -67,7 +67,7 @@ class Pair:
 
 @asynccontextmanager
 async def make_pair(
-    lab: Lab, folder: Path, *, session_args: Sequence[str] = ()
+    lab: Lab, folder: Path, *, session_args: Sequence[str] = (), prewarm: bool = False
 ) -> AsyncIterator[Pair]:
     state = AgentState(folder / "agent")
     await enrol(state, await lab.enrolment_code(), name="Tablet 7")
@@ -87,6 +87,7 @@ async def make_pair(
         invite_handler=on_invite,
         notification_handler=on_note,
         session_args=session_args,
+        prewarm=prewarm,
         backoff=FAST,
     )
     await agent.start()

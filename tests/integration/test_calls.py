@@ -344,3 +344,25 @@ async def test_a_rejected_invite_ends_the_warm_process(pair: Pair) -> None:
     assert not process_alive(host.pid)
     assert host.ended is None, "the process never began a session"
     assert pair.agent.session is None
+
+
+async def test_a_prewarmed_process_takes_the_call_and_another_is_made_ready(
+    lab: Lab, tmp_path: Path
+) -> None:
+    async with make_pair(lab, tmp_path, session_args=SMALL, prewarm=True) as pair:
+        pair.console.media_options = MediaOptions(width=320, height=240)
+        agent = pair.agent
+        await until(lambda: agent._spare is not None and agent._spare.pid is not None)
+        spare = agent._spare
+        assert spare is not None
+        session = await start_call(pair, Mode.VIDEO)
+        assert agent.session is not None
+        assert agent.session.host is spare, "the call runs in the process made ready"
+        media = media_of(session)
+        await until(lambda: media.video_in is not None and media.video_in.frames > 5)
+        await close(pair, session)
+        assert spare.ended is not None
+        assert spare.ended.media_released
+        # A fresh one (not the old one again) waits for the next invite.
+        await until(lambda: agent._spare is not None and agent._spare.pid is not None)
+        assert agent._spare is not spare
