@@ -366,17 +366,7 @@ class DeviceAgent:
                 invite=invite, mode=mode, accepted_at_ms=int(time.time() * 1000), host=host
             )
             self.session = session
-            await host.send(
-                ipc.Begin(
-                    session_id=invite.session_id,
-                    mode=mode,
-                    technician_name=invite.technician.display_name,
-                    device_name=self.name[:128],
-                    ice_servers=self.ice_servers,
-                )
-            )
-            if self.interruption is not AudioInterruption.NONE:
-                await host.send(ipc.Interruption(interruption=self.interruption))
+            await self._begin(session)
             try:
                 await self.client.request(SessionAccept(session_id=invite.session_id, mode=mode))
             except RequestError:
@@ -389,6 +379,39 @@ class DeviceAgent:
                 await host.end("not accepted")
             if self.prewarm and self.session is None:
                 self._spawn(self._refill_spare())
+
+    async def _begin(self, session: ActiveSession) -> None:
+        """Hand the accepted session to its process, and watch that process."""
+        host = session.host
+        await host.send(
+            ipc.Begin(
+                session_id=session.session_id,
+                mode=session.mode,
+                technician_name=session.invite.technician.display_name,
+                device_name=self.name[:128],
+                ice_servers=self.ice_servers,
+            )
+        )
+        if self.interruption is not AudioInterruption.NONE:
+            await host.send(ipc.Interruption(interruption=self.interruption))
+        self._spawn(self._watch(session, host))
+
+    async def _watch(self, session: ActiveSession, host: SessionHost) -> None:
+        """A session process that dies on its own (a crash in a codec, killed by the
+        platform) takes the call with it, not the session: the call is hung up, and a
+        fresh process waits so that the user can resume it without a new prompt."""
+        await host.exited.wait()
+        if self.session is not session or session.host is not host or host.ended is not None:
+            return  # ended as it should be
+        log.error("the session process exited unexpectedly (%s)", host.returncode)
+        with contextlib.suppress(RequestError):
+            await self.client.request(CallHangup(session_id=session.session_id))
+        session.state = SessionState.CALL_ENDED
+        session.host = SessionHost(self._on_session_frame, extra_args=self.session_args)
+        self.hosts.append(session.host)
+        await session.host.start()
+        await self._begin(session)
+        self.session_listeners.fire(session)
 
     async def _on_session_frame(self, message: Message) -> None:
         """A frame from the session process: relay, sign, or record it."""

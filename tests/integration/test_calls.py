@@ -366,3 +366,18 @@ async def test_a_prewarmed_process_takes_the_call_and_another_is_made_ready(
         # A fresh one (not the old one again) waits for the next invite.
         await until(lambda: agent._spare is not None and agent._spare.pid is not None)
         assert agent._spare is not spare
+
+
+async def test_a_crashed_session_process_hangs_up_and_the_user_can_resume(pair: Pair) -> None:
+    session = await start_call(pair, Mode.VOICE)
+    assert pair.agent.session is not None
+    crashed = pair.agent.session.host
+    assert crashed.process is not None
+    crashed.process.kill()
+    await pair.console.wait_session(session, [SessionState.CALL_ENDED])
+    await until(lambda: pair.agent.session is not None and pair.agent.session.host is not crashed)
+    await pair.agent.resume()
+    await pair.console.wait_session(session, [SessionState.IN_CALL], timeout_s=20)
+    await until(lambda: level(session) > SOUND)
+    assert pair.answers.empty(), "no new prompt"
+    await close(pair, session)
