@@ -290,6 +290,9 @@ class CallSession:
                 else None
             ),
             "audio_paused": bool(media and media.audio_in and media.audio_in.paused),
+            "audio_played_frames": (
+                media.counters()["audio_played_frames"] if media is not None else None
+            ),
             "open_devices": [d.name for d in self.devices.open_devices()],
             "stats": await call.stats() if call is not None else None,
             "counts": dict(self.counts),

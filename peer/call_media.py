@@ -133,6 +133,10 @@ class CallMedia:
             self.speaker = self.devices.default(DeviceKind.SPEAKER)
             if self.speaker is not None:
                 self._output = self.devices.open_speaker(self.speaker)
+                if self.audio_in is not None:
+                    # The answerer hears of the peer's track (setRemoteDescription)
+                    # before it opens its own devices: give the receiver its output.
+                    self.audio_in.set_output(self._output)
         if self.has_video:
             self.camera = self.devices.default(DeviceKind.CAMERA)
             self.video_track = LocalVideoTrack(self._open_camera() if self._camera_on else None)
@@ -213,7 +217,7 @@ class CallMedia:
             self._output = self.devices.open_speaker(self.speaker) if self.speaker else None
             if self.audio_in is not None:
                 self.audio_in.set_output(self._output)
-            elif old is not None:
+            if old is not None and not old.closed:
                 old.close()
         else:
             return
@@ -283,8 +287,8 @@ class CallMedia:
         old, self._output = self._output, self.devices.open_speaker(device)
         self.speaker = device
         if self.audio_in is not None:
-            self.audio_in.set_output(self._output)  # closes the old output
-        elif old is not None:
+            self.audio_in.set_output(self._output)
+        if old is not None and not old.closed:
             old.close()
         self._changed()
 
@@ -364,4 +368,6 @@ class CallMedia:
             "audio_sent_frames": None if self.audio_track is None else self.audio_track.frames_sent,
             "audio_received_frames": None if self.audio_in is None else self.audio_in.frames,
             "audio_received_level": None if self.audio_in is None else self.audio_in.level,
+            # Frames handed to the output (a synthetic output counts what it was given).
+            "audio_played_frames": getattr(self._output, "frames_written", None),
         }

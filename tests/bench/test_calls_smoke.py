@@ -11,13 +11,17 @@ import json
 from bench import calls
 
 
-def _times(accepted: float, dc_open: float, first_frame: float) -> calls.SetupTimes:
+def _times(
+    accepted: float, dc_open: float, first_frame: float, spawned: float | None = None
+) -> calls.SetupTimes:
     return calls.SetupTimes(
         accepted_ms=accepted,
         ice_started_ms=accepted + 10,
         connected_ms=accepted + 30,
         dc_open_ms=dc_open,
         first_frame_ms=first_frame,
+        process_spawned_ms=spawned,
+        ready_again_ms=300.0,
     )
 
 
@@ -42,7 +46,18 @@ def _video(size: tuple[int, int], codec: str, settings: str, encode_ms: float) -
 
 def fake_bench() -> calls.CallBench:
     bench = calls.CallBench(machine={"cpus": 2}, date="2025-01-01T00:00:00+00:00", quick=True)
-    bench.setup.ours = [_times(100, 150, 230), _times(120, 160, 250)]
+    # Spawned at the invite and accepted at once: the offer waits for the process.
+    bench.setup.run("spawn").times = [_times(100, 150, 230, 4), _times(120, 160, 250, 4)]
+    # The user takes a second: the process is warm by then.
+    bench.setup.run("accept_delay").times = [
+        _times(1000, 1110, 1210, 4),
+        _times(1010, 1120, 1220, 4),
+    ]
+    # A prewarmed spare, started 2 s before the invite, takes the call.
+    prewarm = [_times(5, 120, 230, -2000), _times(5, 200, 300, -2100)]
+    for times in prewarm:
+        times.spare_used = True
+    bench.setup.run("prewarm").times = prewarm
     bench.setup.bare = [_times(0, 100, 200), _times(0, 110, 210)]
     bench.setup.process_start_ms = [600.0, 620.0]
     bench.chat.ours_ms = [0.5, 0.6, 1.9]
@@ -69,6 +84,14 @@ def fake_bench() -> calls.CallBench:
     bench.memory.agent_after_rss_mib = 46.0
     bench.memory.sessions_served = 22
     bench.memory.agent_after_native = ["/x/site-packages/av/_core.abi3.so"]
+    bench.memory.prewarm_agent_rss_mib = 46.5
+    bench.memory.spare_idle_rss_mib = [95.0, 96.0]
+    bench.memory.spare_idle_uss_mib = [60.0, 61.0]
+    bench.memory.spare_native = [
+        "/x/site-packages/av/_core.abi3.so",
+        "/x/site-packages/av.libs/libavcodec-1.so",
+        "/x/site-packages/google_crc32c/_crc32c.so",
+    ]
     return bench
 
 
@@ -83,13 +106,34 @@ def test_table_and_json_from_fake_figures() -> None:
     # 155/105 ms is within 1.5x of bare; 2 ms vs 8 ms is 4x cheaper (unless the
     # meter lost CPU: no verdict); a mapped PyAV library fails the agent's memory
     # target whatever its size.
-    assert by_figure["setup (a) invite -> chat open p50 (n=2)"] == "PASS"
+    assert by_figure["setup spawn (a) invite -> chat open p50 (n=2)"] == "PASS"
+    # 240/205 ms is within 1.2x of bare.
+    assert by_figure["setup spawn (b) invite -> 1st frame p50 (n=2)"] == "PASS"
+    # With the delay, the invite figures are shown but not judged; from acceptance
+    # (110 ms vs 105 ms) they pass.
+    assert by_figure["setup spawn+1s (a) invite -> chat open p50 (n=2)"] == ""
+    assert by_figure["setup spawn+1s (c) accept -> chat open p50 (n=2)"] == "PASS"
+    assert by_figure["setup spawn+1s (d) accept -> 1st frame p50 (n=2)"] == "PASS"
+    # Prewarm: judged from the invite; 160/105 ms is over 1.5x, 265/205 ms over 1.2x.
+    assert by_figure["setup prewarm (a) invite -> chat open p50 (n=2)"] == "FAIL"
+    assert by_figure["setup prewarm (b) invite -> 1st frame p50 (n=2)"] == "FAIL"
+    assert "setup prewarm (c) accept -> chat open p50 (n=2)" not in by_figure
+    ours = {row.figure: row.ours for row in rows}
+    assert ours["setup prewarm: calls taken by a warm spare"] == "2/2, spare age p50 2050 ms"
+    assert ours["prewarm: spare session process RSS idle (n=2)"] == (
+        "95.5 MiB (own 60.5 MiB), PyAV+FFmpeg+aiortc loaded"
+    )
+    assert by_figure["prewarm: agent RSS idle (its spare ready)"] == "PASS"
     assert by_figure["video 1280x720 H264 encode (console sender)"] == "PASS"
     assert by_figure["video 640x480 H264 encode (console sender)"] == "n/a"
     assert by_figure["agent RSS idle, after 22 sessions"] == "FAIL"
-    assert calls.verdict_lines(bench, rows)
+    verdicts = calls.verdict_lines(bench, rows)
+    assert any(line.startswith("Prewarm's memory price") for line in verdicts)
+    assert any("judged from acceptance" in line for line in verdicts)
     data = json.loads(json.dumps(calls.to_json(bench)))
     assert len(data["table"]) == len(rows)
+    assert [run["mode"] for run in data["setup"]["runs"]] == ["spawn", "accept_delay", "prewarm"]
+    assert data["derived"]["setup_ms"]["accept_delay"]["c_accept_to_dc"]["p50"] == 110.0
     assert data["video"][0]["encode_core_pct"] == 9.0
 
 

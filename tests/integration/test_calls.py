@@ -95,6 +95,9 @@ async def test_voice_call_carries_sound_both_ways(pair: Pair) -> None:
     )
     assert report["local_media"]["microphone"] is True
     assert report["local_media"]["camera"] is False
+    # Played, not only decoded: both ends hand the sound to their audio output.
+    await pair.until_device(lambda r: (r["audio_played_frames"] or 0) > 25)
+    assert (media.counters()["audio_played_frames"] or 0) > 25
     assert report["stats"]["video_received"] is None
     assert peer(session).microphone is True
     await close(pair, session)
