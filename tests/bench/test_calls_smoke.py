@@ -86,7 +86,7 @@ def fake_bench() -> calls.CallBench:
     bench.memory.agent_after_native = ["/x/site-packages/av/_core.abi3.so"]
     bench.memory.prewarm_agent_rss_mib = 46.5
     bench.memory.spare_idle_rss_mib = [95.0, 96.0]
-    bench.memory.spare_idle_uss_mib = [60.0, 61.0]
+    bench.memory.spare_idle_anon_mib = [60.0, 61.0]
     bench.memory.spare_native = [
         "/x/site-packages/av/_core.abi3.so",
         "/x/site-packages/av.libs/libavcodec-1.so",
@@ -121,7 +121,7 @@ def test_table_and_json_from_fake_figures() -> None:
     ours = {row.figure: row.ours for row in rows}
     assert ours["setup prewarm: calls taken by a warm spare"] == "2/2, spare age p50 2050 ms"
     assert ours["prewarm: spare session process RSS idle (n=2)"] == (
-        "95.5 MiB (own 60.5 MiB), PyAV+FFmpeg+aiortc loaded"
+        "95.5 MiB (anon 60.5 MiB), PyAV+FFmpeg+aiortc loaded"
     )
     assert by_figure["prewarm: agent RSS idle (its spare ready)"] == "PASS"
     assert by_figure["video 1280x720 H264 encode (console sender)"] == "PASS"
