@@ -413,10 +413,12 @@ class DeviceAgent:
         await self._begin(session)
         self.session_listeners.fire(session)
 
-    async def _on_session_frame(self, message: Message) -> None:
-        """A frame from the session process: relay, sign, or record it."""
+    async def _on_session_frame(self, host: SessionHost, message: Message) -> None:
+        """A frame from the session process: relay, sign, or record it. Only the
+        process of the accepted session is heard: a spare or a process whose invite
+        was not accepted has nothing to say to the server."""
         session = self.session
-        if session is None or isinstance(message, ipc.Ended):
+        if session is None or session.host is not host or isinstance(message, ipc.Ended):
             return
         sid = session.session_id
         if isinstance(message, ipc.SignalOut):

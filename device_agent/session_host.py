@@ -26,7 +26,8 @@ from protocol.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
-OnFrame = Callable[[Message], Awaitable[None]]
+#: Called with the host a frame came from, so the agent can tell which process spoke.
+OnFrame = Callable[["SessionHost", Message], Awaitable[None]]
 
 #: How long a session process may take to close its call and exit when told to.
 END_TIMEOUT_S = 5.0
@@ -92,7 +93,7 @@ class SessionHost:
                         self.ended = message
                     elif isinstance(message, Report):
                         self.last_report = message.data()
-                    await self._on_frame(message)
+                    await self._on_frame(self, message)
                 except Exception:
                     log.exception("handling %s from the session process failed", message.TYPE)
         finally:
