@@ -54,7 +54,7 @@ from peer import encoders
 from peer.call import PeerCall
 from peer.call_media import CallMedia, MediaOptions
 from peer.chat import ChatEntry, DeliveryState, Listeners
-from peer.devices import DeviceKind
+from peer.devices import DeviceKind, MediaDevice
 from peer.media import MediaDevices
 from protocol.codec import Message, to_wire_dict
 from protocol.enums import AudioInterruption, Mode, SdpType
@@ -206,7 +206,7 @@ class CallSession:
                 media.set_audio_output(self._speaker(argument, media))
         await self.report()
 
-    def _speaker(self, device_id: str, media: CallMedia) -> Any:
+    def _speaker(self, device_id: str, media: CallMedia) -> MediaDevice:
         speakers = self.devices.devices(DeviceKind.SPEAKER)
         if device_id:
             for device in speakers:
