@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from device_agent import ipc
+from device_agent.admin import StateWatcher
 from device_agent.session_host import SessionHost
 from device_agent.state import AgentState, DeviceIdentity, ServiceConfig, device_description
 from peer.chat import Listeners
@@ -182,8 +184,26 @@ class DeviceAgent:
 
     # -- lifecycle ------------------------------------------------------------------
 
+    #: Set by start(): the watcher of the state folder, and what writes the runtime
+    #: status file (``state.RUNTIME_FILE``) for the admin utility.
+    _state_watcher: StateWatcher | None = None
+    _runtime_hooks: tuple[Callable[[], None], ...] = ()
+    _runtime_written: tuple[str, bool, bool] | None = None
+
     async def start(self) -> None:
         self.client.start()
+        # The state folder's files are the truth: the admin utility changes them, and
+        # the agent picks each change up and reports it by itself.
+        self._state_watcher = StateWatcher(
+            self.state.folder,
+            {"service.json": self.reload_service, "identity.json": self.reload_identity},
+        )
+        self._state_watcher.start()
+        self._runtime_hooks = (
+            self.status_listeners.add(lambda _status: self._write_runtime_status()),
+            self.session_listeners.add(lambda _session: self._write_runtime_status()),
+        )
+        self._write_runtime_status()
         if self.prewarm:
             self._spawn(self._refill_spare())
 
@@ -205,6 +225,12 @@ class DeviceAgent:
         return host
 
     async def stop(self) -> None:
+        if self._state_watcher is not None:
+            await self._state_watcher.stop()
+            self._state_watcher = None
+        for remove in self._runtime_hooks:
+            remove()
+        self._runtime_hooks = ()
         await self._end_session("agent stopping")
         tasks = list(self._tasks)
         for task in tasks:
@@ -214,6 +240,70 @@ class DeviceAgent:
         for host in self.hosts:
             await host.end("agent stopping")
         await self.client.close()
+        if self._runtime_written is not None:
+            runtime = self.state.load_runtime()
+            if runtime is not None and runtime.get("pid") == os.getpid():
+                self.state.clear_runtime()
+            self._runtime_written = None
+
+    def _write_runtime_status(self) -> None:
+        """Tell the admin utility how this agent stands, when that changes: its pid,
+        status, whether it is online and whether a session is open. Metadata only."""
+        now = (self.status.value, self.online, self.session is not None)
+        if now == self._runtime_written:
+            return
+        self._runtime_written = now
+        status, online, session_open = now
+        try:
+            self.state.save_runtime(
+                {
+                    "pid": os.getpid(),
+                    "status": status,
+                    "online": online,
+                    "session_open": session_open,
+                    "updated_at_ms": int(time.time() * 1000),
+                }
+            )
+        except OSError as exc:
+            log.warning("cannot write the runtime status file: %s", exc)
+
+    async def reload_service(self) -> None:
+        """service.json changed (the admin utility): apply it as ``set_service`` does."""
+        config = self.state.service()
+        if config != self.service:
+            await self._apply_service(config)
+
+    async def reload_identity(self) -> None:
+        """identity.json changed: the device was enrolled again (the admin utility's
+        re-enrol). End any open session, leave the server as the old device and
+        connect as the new one."""
+        device, key = self.state.load()
+        if device == self.device and identity.public_key_b64(key) == identity.public_key_b64(
+            self._key
+        ):
+            return
+        log.info("enrolled again as %s: reconnecting", device.device_id)
+        await self._end_session("enrolled again")
+        old = self.client
+        # Whoever waits for the link to stop for good (the agent's main loop) now waits
+        # for the new link: replacing the link is not the agent stopping.
+        stopped, old.stopped = old.stopped, asyncio.Event()
+        await old.close()
+        self.device, self._key = device, key
+        self.server_status = None
+        self.client = SignalingClient(
+            device.server,
+            device.fingerprint,
+            authenticate=self._authenticate,
+            on_message=self._on_message,
+            on_online=self._on_online,
+            on_state=self._on_link_state,
+            backoff=old.backoff,
+        )
+        if not stopped.is_set():
+            self.client.stopped = stopped
+        self.client.start()
+        self.status_listeners.fire(self.status)
 
     @property
     def online(self) -> bool:
@@ -301,6 +391,9 @@ class DeviceAgent:
     async def set_service(self, config: ServiceConfig) -> None:
         """What the admin utility does: change the service and report it."""
         self.state.save_service(config)
+        await self._apply_service(config)
+
+    async def _apply_service(self, config: ServiceConfig) -> None:
         self.service = config
         if self.online:
             await self.report_status()

@@ -86,6 +86,10 @@ def _session_args(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: Sequence[str]) -> int:
+    if argv and argv[0] == "admin":  # the local admin utility: livesupport agent admin ...
+        from device_agent import admin
+
+        return admin.main(argv[1:])
     parser = argparse.ArgumentParser(prog="livesupport agent", description=__doc__)
     parser.add_argument("--state", type=Path, default=None, help="state folder")
     parser.add_argument("--enrol", metavar="CODE", help="enrol with this one-time code first")

@@ -8,6 +8,11 @@ Layout of the state folder::
     identity.json     device id, server address, pinned server fingerprint
     device-key.pem    the Ed25519 private key (mode 0600)
     service.json      the Live Support service: installed, enabled, chat services
+    agent-status.json while an agent runs: its pid, status, online, whether a session
+                      is open (metadata only; removed when the agent stops)
+
+The files are the truth: the admin utility (``device_agent.admin``) changes them and
+the running agent picks the change up by itself.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -44,6 +50,10 @@ class ServiceConfig:
     installed: bool = True
     enabled: bool = True
     chat_services: tuple[Mode, ...] = field(default=tuple(Mode))
+
+
+#: The running agent's status, for the admin utility (see ``AgentState.save_runtime``).
+RUNTIME_FILE = "agent-status.json"
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -103,6 +113,27 @@ class AgentState:
             "chat_services": [m.value for m in config.chat_services],
         }
         _write_private(self.folder / "service.json", json.dumps(data).encode())
+
+    def discard_pending_key(self) -> None:
+        """Forget the key of an enrolment that failed (the identity is unchanged)."""
+        (self.folder / "device-key.pem.pending").unlink(missing_ok=True)
+
+    def save_runtime(self, data: dict[str, Any]) -> None:
+        """Write the running agent's status: metadata only (pid, status, online, whether
+        a session is open, when), never anything of a conversation or notification."""
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(self.folder / RUNTIME_FILE, json.dumps(data).encode())
+
+    def load_runtime(self) -> dict[str, Any] | None:
+        """What the agent last wrote, or None (no agent has run, or it stopped)."""
+        try:
+            data = json.loads((self.folder / RUNTIME_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def clear_runtime(self) -> None:
+        (self.folder / RUNTIME_FILE).unlink(missing_ok=True)
 
 
 def device_description() -> tuple[str, str, str]:
