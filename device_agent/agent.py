@@ -68,9 +68,13 @@ log = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
 
-#: Decides an invite: the mode to accept as, or None to reject. Called with the
+#: Makes the handle of a session: ``(on_frame, extra_args=...) -> SessionHost``.
+HostFactory = Callable[..., SessionHost]
+
+#: Decides an invite: the mode to accept as, or None to decline (or the reason to
+#: give, such as "no answer" when a prompt's countdown ran out). Called with the
 #: invite; must answer before ``invite.expires_at_ms`` or the server rejects for it.
-InviteHandler = Callable[[SessionInvite], Awaitable[Mode | None]]
+InviteHandler = Callable[[SessionInvite], Awaitable[Mode | RejectReason | None]]
 NotificationHandler = Callable[[NotifyDeliver], Awaitable[None]]
 
 
@@ -135,13 +139,15 @@ class DeviceAgent:
         server_grace_s: float = 60.0,
         prewarm: bool = False,
         backoff: Backoff = Backoff(),
+        host_factory: HostFactory = SessionHost,
     ) -> None:
         self.state = state
         self.device, self._key = state.load()
         #: The local service configuration, read once; set_service changes both copies.
         self.service = state.service()
-        self._invite_handler = invite_handler
-        self._notification_handler = notification_handler
+        #: Settable after construction: a UI model that needs the agent binds itself.
+        self.invite_handler = invite_handler
+        self.notification_handler = notification_handler
         default_name, self.model, self.os = device_description()
         self.name = name or default_name
         self.ice_servers = tuple(ice_servers)
@@ -160,6 +166,8 @@ class DeviceAgent:
         #: Off by default: the process then starts at the invite, while the prompt
         #: shows, which a person's reaction time hides.
         self.prewarm = prewarm
+        #: Where sessions run: a process of their own (tests may run one in-process).
+        self.host_factory = host_factory
         self._spare: SessionHost | None = None
         self.server_status: DeviceStatus | None = None
         self.session: ActiveSession | None = None
@@ -172,6 +180,12 @@ class DeviceAgent:
         self.notifications: dict[str, NotifyDeliver] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._preparing = False
+        #: The invite being answered, and whether it ended before the user answered.
+        self._answering: str | None = None
+        self._answering_over = False
+        #: Fired with the id of an invite that ended before the user answered it (the
+        #: technician cancelled, or the server's timeout came first): the prompt goes.
+        self.invite_withdrawn: Listeners[str] = Listeners()
         self.client = SignalingClient(
             self.device.server,
             self.device.fingerprint,
@@ -209,7 +223,7 @@ class DeviceAgent:
 
     async def _refill_spare(self) -> None:
         if self._spare is None or self._spare.exited.is_set():
-            spare = SessionHost(self._on_session_frame, extra_args=self.session_args)
+            spare = self.host_factory(self._on_session_frame, extra_args=self.session_args)
             self.hosts.append(spare)
             self._spare = spare
             await spare.start()
@@ -217,9 +231,9 @@ class DeviceAgent:
     async def _session_host(self) -> SessionHost:
         """The spare process if one is ready, else a new one."""
         spare, self._spare = self._spare, None
-        if spare is not None and spare.process is not None and not spare.exited.is_set():
+        if spare is not None and spare.started and not spare.exited.is_set():
             return spare
-        host = SessionHost(self._on_session_frame, extra_args=self.session_args)
+        host = self.host_factory(self._on_session_frame, extra_args=self.session_args)
         self.hosts.append(host)
         await host.start()
         return host
@@ -437,17 +451,26 @@ class DeviceAgent:
         # It holds nothing until session.begin (after acceptance): no peer
         # connection, no device, no candidate.
         self._preparing = True
+        self._answering, self._answering_over = invite.session_id, False
         host: SessionHost | None = None
         try:
             host = await self._session_host()
             remaining_s = max(0.0, invite.expires_at_ms / 1000 - time.time())
+            mode: Mode | None = None
             try:
-                mode = await asyncio.wait_for(self._invite_handler(invite), remaining_s)
+                answer = await asyncio.wait_for(self.invite_handler(invite), remaining_s)
             except TimeoutError:
-                mode = None  # the server has expired the invite: nothing to send
+                pass  # the server has expired the invite: nothing to send
             else:
-                if mode is None:
-                    await self.client.request(SessionReject(session_id=invite.session_id))
+                if self._answering_over:
+                    pass  # withdrawn while the user looked at it: nothing to answer
+                elif isinstance(answer, Mode):
+                    mode = answer
+                else:
+                    reason = answer or RejectReason.DECLINED
+                    await self.client.request(
+                        SessionReject(session_id=invite.session_id, reason=reason)
+                    )
             if mode is not None and mode not in invite.offered_modes:
                 mode = None
                 log.error("the invite handler chose a mode that was not offered")
@@ -468,6 +491,7 @@ class DeviceAgent:
             self.session_listeners.fire(session)
         finally:
             self._preparing = False
+            self._answering = None
             if host is not None and (self.session is None or self.session.host is not host):
                 await host.end("not accepted")
             if self.prewarm and self.session is None:
@@ -481,8 +505,10 @@ class DeviceAgent:
                 session_id=session.session_id,
                 mode=session.mode,
                 technician_name=session.invite.technician.display_name,
+                technician_organisation=session.invite.technician.organisation,
                 device_name=self.name[:128],
                 ice_servers=self.ice_servers,
+                chat_services=self.chat_services,
             )
         )
         if self.interruption is not AudioInterruption.NONE:
@@ -500,7 +526,7 @@ class DeviceAgent:
         with contextlib.suppress(RequestError):
             await self.client.request(CallHangup(session_id=session.session_id))
         session.state = SessionState.CALL_ENDED
-        session.host = SessionHost(self._on_session_frame, extra_args=self.session_args)
+        session.host = self.host_factory(self._on_session_frame, extra_args=self.session_args)
         self.hosts.append(session.host)
         await session.host.start()
         await self._begin(session)
@@ -559,6 +585,11 @@ class DeviceAgent:
 
     async def _on_session_update(self, update: SessionUpdate) -> None:
         session = self.session
+        terminal = (SessionState.CLOSED, SessionState.EXPIRED, SessionState.REJECTED)
+        if update.session_id == self._answering and update.state in terminal:
+            self._answering_over = True
+            self.invite_withdrawn.fire(update.session_id)
+            return
         if session is None or update.session_id != session.session_id:
             return
         session.state = update.state
@@ -578,6 +609,23 @@ class DeviceAgent:
         self.session_listeners.fire(None)
         if self.prewarm and reason != "agent stopping":
             self._spawn(self._refill_spare())
+
+    @property
+    def chat_services(self) -> tuple[Mode, ...]:
+        """What the chat-service configuration allows: policy (as the server last said)
+        and the local service both."""
+        local = self.service.chat_services
+        if self.server_status is None:
+            return local
+        return tuple(m for m in local if m in self.server_status.allowed_modes)
+
+    async def show_call_window(self) -> bool:
+        """The user chose "Live Support" while Connected: the session process brings
+        its call window back (from where the user can also resume a hung-up call)."""
+        session = self.session
+        if session is None:
+            return False
+        return await session.host.send(ipc.Show())
 
     async def control(self, control: ipc.Control, argument: str = "") -> None:
         """Operate a call control from outside the call window (tray, automation)."""
@@ -622,8 +670,8 @@ class DeviceAgent:
         await self.client.request(
             NotifyAck(notification_id=message.notification_id, state=DeviceAck.DELIVERED)
         )
-        if self._notification_handler is not None:
-            self._spawn(self._notification_handler(message))
+        if self.notification_handler is not None:
+            self._spawn(self.notification_handler(message))
 
     async def mark_notification_read(self, notification_id: str) -> None:
         await self.client.request(NotifyAck(notification_id=notification_id, state=DeviceAck.READ))

@@ -23,7 +23,8 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiortc import RTCIceServer
@@ -45,6 +46,7 @@ from device_agent.ipc import (
     RemoteHangup,
     Report,
     Resume,
+    Show,
     SignalIn,
     SignalOut,
     unwrap_signal,
@@ -88,6 +90,10 @@ class CallSession:
         self.interruption = AudioInterruption.NONE
         #: Fired with each new call (the view attaches to its chat and media).
         self.call_listeners: Listeners[PeerCall] = Listeners()
+        #: Fired with the new call state, the call's or the session's (hung up: None).
+        self.changed_listeners: Listeners[None] = Listeners()
+        #: Fired when the user asked the agent to bring the call window back.
+        self.show_listeners: Listeners[None] = Listeners()
         #: Metadata counts for the report: never what was said.
         self.counts = {"chat_received": 0, "chat_sent": 0, "chat_delivered": 0, "chat_read": 0}
         #: Per finished call: frames and rates received (metadata for the report).
@@ -107,6 +113,8 @@ class CallSession:
             await self.control(message.control, message.argument)
         elif isinstance(message, Interruption):
             await self.set_interruption(message.interruption)
+        elif isinstance(message, Show):
+            self.show_listeners.fire(None)
         elif isinstance(message, Query):
             await self.report()
         elif isinstance(message, End):
@@ -137,8 +145,9 @@ class CallSession:
             media = CallMedia(self.devices, begin.mode, self.options)
             if self.interruption is not AudioInterruption.NONE:
                 media.set_interruption(self.interruption)
-            media.peer_listeners.add(lambda _state: self._spawn(self.report()))
-            media.remote_listeners.add(lambda _kind: self._spawn(self.report()))
+            media.peer_listeners.add(lambda _state: self._on_media_change())
+            media.remote_listeners.add(lambda _kind: self._on_media_change())
+            media.local_listeners.add(lambda _state: self.changed_listeners.fire(None))
         call = PeerCall(
             session_id=begin.session_id,
             is_offerer=False,
@@ -156,6 +165,7 @@ class CallSession:
         )
         self.calls += 1
         call.chat.listeners.add(self._count)
+        call.state_listeners.add(lambda _state: self.changed_listeners.fire(None))
 
         async def report_connected() -> None:
             await call.connected.wait()
@@ -164,7 +174,12 @@ class CallSession:
 
         self._spawn(report_connected())
         self.call_listeners.fire(call)
+        self.changed_listeners.fire(None)
         return call
+
+    def _on_media_change(self) -> None:
+        self.changed_listeners.fire(None)
+        self._spawn(self.report())
 
     async def _send_signal(self, message: Message) -> None:
         assert isinstance(message, SignalSdp | SignalCandidate)
@@ -236,6 +251,7 @@ class CallSession:
         self.interruption = interruption
         if self.media is not None:
             self.media.set_interruption(interruption)
+        self.changed_listeners.fire(None)
         await self.report()
 
     # -- ending ---------------------------------------------------------------------
@@ -253,6 +269,7 @@ class CallSession:
             summary["video_received"] = f"{video_in.width}x{video_in.height}"
         self.call_summaries.append(summary)
         await call.close()
+        self.changed_listeners.fire(None)
 
     async def abort(self) -> None:
         """The agent is gone: close the call and release the devices, say nothing."""
@@ -369,6 +386,12 @@ class ScriptedDeviceUser:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="device_agent.call_process", description=__doc__)
     parser.add_argument("--ipc-fd", type=int, required=True, help="the agent's socket")
+    parser.add_argument(
+        "--ui",
+        choices=["qt", "none"],
+        default="none",
+        help="qt: the call window (Qt Multimedia devices where present); none: headless",
+    )
     parser.add_argument("--fake-media", action="store_true", help="synthetic devices only")
     parser.add_argument("--video-size", default="640x480", help="WIDTHxHEIGHT asked of cameras")
     parser.add_argument("--fps", type=int, default=30)
@@ -386,45 +409,83 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         f"({', '.join(c.value for c in Control)}, phone_call, phone_call_end)",
     )
     parser.add_argument("--control-step-s", type=float, default=1.0)
+    parser.add_argument(
+        "--screenshots",
+        type=Path,
+        default=None,
+        help="demo only: save pictures of the call window in this folder",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
+
+
+#: Makes the session once ``session.begin`` arrived (the UI, if any, attaches here).
+SessionFactory = Callable[[Begin], CallSession]
+
+
+async def serve(link: Link, make_session: SessionFactory) -> int:
+    """Serve one session over ``link``: wait for ``session.begin``, then handle the
+    agent's frames until the session ends. Returns the process's exit code."""
+    first = await link.receive()
+    if first is None or isinstance(first, End):
+        return 0  # the invite was rejected or expired: nothing was ever opened
+    if not isinstance(first, Begin):
+        log.error("the first frame was %s, not session.begin", first.TYPE)
+        return 2
+    session = make_session(first)
+    while not session.ended.is_set():
+        try:
+            message = await link.receive()
+        except ProtocolError as exc:
+            log.error("bad frame from the agent: %s", exc.code.value)
+            continue
+        if message is None:
+            # The agent is gone: nobody can end this session properly, so end it
+            # here; the devices must not stay open.
+            log.warning("the agent went away; ending the session")
+            await session.abort()
+            return 1
+        try:
+            await session.handle(message)
+        except (ProtocolError, ValueError) as exc:
+            log.warning("session frame %s refused: %s", message.TYPE, type(exc).__name__)
+    return 0
+
+
+def media_options(args: argparse.Namespace) -> MediaOptions:
+    width, height = (int(v) for v in args.video_size.lower().split("x"))
+    return MediaOptions(width=width, height=height, fps=args.fps)
 
 
 async def run(args: argparse.Namespace) -> int:
     sock = socket.socket(fileno=args.ipc_fd)
     link = await Link.open(sock, inbound=TO_SESSION, outbound=TO_AGENT)
-    try:
-        first = await link.receive()
-        if first is None or isinstance(first, End):
-            return 0  # the invite was rejected or expired: nothing was ever opened
-        if not isinstance(first, Begin):
-            log.error("the first frame was %s, not session.begin", first.TYPE)
-            return 2
-        width, height = (int(v) for v in args.video_size.lower().split("x"))
-        options = MediaOptions(width=width, height=height, fps=args.fps)
-        # Headless there is no Qt application: the devices are the synthetic ones.
-        devices = MediaDevices(None, fake=args.fake_media)
-        session = CallSession(link, first, devices, options)
-        controls = [c for c in args.controls.split(",") if c]
+    options = media_options(args)
+    controls = [c for c in args.controls.split(",") if c]
+    windows: list[Any] = []  # kept alive for the session's life
+
+    def make_session(begin: Begin) -> CallSession:
+        if args.ui == "qt":
+            # Imported here: the headless process never loads Qt.
+            from device_agent.ui.call_window import open_call_window
+            from peer.qt_media import qt_backend_or_none
+
+            real = None if args.fake_media else qt_backend_or_none()
+            devices = MediaDevices(real, fake=args.fake_media)
+        else:
+            # Headless there is no Qt application: the devices are the synthetic ones.
+            devices = MediaDevices(None, fake=args.fake_media)
+        session = CallSession(link, begin, devices, options)
         ScriptedDeviceUser(session, args.reply, controls, args.control_step_s)
-        while not session.ended.is_set():
-            try:
-                message = await link.receive()
-            except ProtocolError as exc:
-                log.error("bad frame from the agent: %s", exc.code.value)
-                continue
-            if message is None:
-                # The agent is gone: nobody can end this session properly, so end it
-                # here; the devices must not stay open.
-                log.warning("the agent went away; ending the session")
-                await session.abort()
-                return 1
-            try:
-                await session.handle(message)
-            except (ProtocolError, ValueError) as exc:
-                log.warning("session frame %s refused: %s", message.TYPE, type(exc).__name__)
-        return 0
+        if args.ui == "qt":
+            windows.append(open_call_window(session, screenshots=args.screenshots))
+        return session
+
+    try:
+        return await serve(link, make_session)
     finally:
+        for window in windows:
+            window.close_for_good()
         await link.close()
 
 
@@ -439,6 +500,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (AIORTC_DEFAULT keeps aiortc's, still metered, for benchmarks).
     interactive = args.encoders == "interactive"
     encoders.install(encoders.INTERACTIVE if interactive else encoders.AIORTC_DEFAULT)
+    if args.ui == "qt":
+        from device_agent.ui.app import run_with_qt
+
+        return run_with_qt(run(args), app_name="Live Support call")
     return asyncio.run(run(args))
 
 

@@ -1,10 +1,13 @@
 """``livesupport agent``: enrol the device, then run the resident agent.
 
-The Qt agent (tray, prompt, call window) is built on the same ``DeviceAgent``; until
-it lands, the agent runs headless, with a scripted device user for tests and the demo:
-it accepts invites as ``--accept`` and reads and answers notifications; in the session
-process it reads every chat message as it arrives, replies with the ``--reply`` lines
-in turn and operates the ``--controls`` one after another.
+With a display, the agent shows its windows (``device_agent.ui``): the tray or the
+agent window, the incoming-call prompt, notification pop-ups and the inbox, and the
+call window in each session process. ``--headless`` (or no display) runs it without
+windows, with a scripted device user for tests and the demo: it accepts invites as
+``--accept`` and reads and answers notifications; in the session process it reads
+every chat message as it arrives, replies with the ``--reply`` lines in turn and
+operates the ``--controls`` one after another. ``--autopilot`` does the same through
+the windows (for the demo's pictures).
 
 The platform's audio interruption (a phone call) can be raised from outside: SIGUSR1
 starts one, SIGUSR2 ends it.
@@ -16,10 +19,12 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from device_agent.agent import DeviceAgent, enrol
 from device_agent.session_host import process_alive
@@ -70,9 +75,13 @@ class ScriptedUser:
             await self.agent.answer_notification(note.notification_id, self.notification_answer)
 
 
-def _session_args(args: argparse.Namespace) -> list[str]:
+def _session_args(args: argparse.Namespace, *, qt: bool) -> list[str]:
     """What the session processes are started with."""
     extra = ["--video-size", args.video_size, "--control-step-s", str(args.control_step_s)]
+    if qt:
+        extra += ["--ui", "qt"]
+        if args.screenshots is not None:
+            extra += ["--screenshots", str(args.screenshots)]
     extra += ["--encoders", args.encoders]
     for reply in args.reply:
         extra += ["--reply", reply]
@@ -128,6 +137,15 @@ def main(argv: Sequence[str]) -> int:
         help=argparse.SUPPRESS,
     )
     parser.add_argument("--notification-answer", help="headless: answer notifications so")
+    parser.add_argument(
+        "--autopilot",
+        action="store_true",
+        help="with windows: answer the prompt (--accept, --accept-delay-s) and notifications "
+        "(--notification-answer, else mark read) through the windows, for demos",
+    )
+    parser.add_argument(
+        "--screenshots", type=Path, default=None, help="demo: save pictures of the windows here"
+    )
     parser.add_argument("--report-stdout", action="store_true", help="print counts on exit")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -137,25 +155,34 @@ def main(argv: Sequence[str]) -> int:
         stream=sys.stderr,
     )
     state = AgentState(args.state or default_state_dir())
+    qt = not args.headless and has_display()
+    if not args.headless and not qt:
+        print("livesupport agent: no display; running headless", file=sys.stderr)
     try:
-        return asyncio.run(_run(state, args))
+        if qt:
+            from device_agent.ui.app import run_with_qt
+
+            return run_with_qt(_run(state, args, qt=True), app_name="Live Support")
+        return asyncio.run(_run(state, args, qt=False))
     except (RequestError, BadEnrolmentCode) as exc:
         print(f"livesupport agent: {exc}", file=sys.stderr)
         return 2
 
 
-async def _run(state: AgentState, args: argparse.Namespace) -> int:
+def has_display() -> bool:
+    """Whether Qt can open windows here (a display, or a platform chosen explicitly,
+    such as ``offscreen`` for tests and the headless demo)."""
+    env = os.environ
+    return bool(env.get("QT_QPA_PLATFORM") or env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+
+
+async def _run(state: AgentState, args: argparse.Namespace, *, qt: bool) -> int:
     if args.enrol:
         device = await enrol(state, args.enrol, name=args.name)
         print(f"enrolled as {device.device_id} with {device.server}", file=sys.stderr)
     if not state.enrolled:
         print("livesupport agent: not enrolled: pass --enrol CODE", file=sys.stderr)
         return 2
-    if not args.headless:
-        print(
-            "livesupport agent: the Qt agent is not built yet; running headless",
-            file=sys.stderr,
-        )
     agent_ref: list[DeviceAgent] = []
     user = ScriptedUser(agent_ref, args)
     agent = DeviceAgent(
@@ -163,10 +190,19 @@ async def _run(state: AgentState, args: argparse.Namespace) -> int:
         invite_handler=user.on_invite,
         notification_handler=user.on_notification,
         name=args.name,
-        session_args=_session_args(args),
+        session_args=_session_args(args, qt=qt),
         prewarm=args.prewarm,
     )
     agent_ref.append(agent)
+    counts = user.counts
+    face: Any = None
+    if qt:
+        from device_agent.ui.main import AgentFace
+
+        # The windows answer invites and notifications now (the model rebinds the
+        # agent's handlers); an autopilot may press their buttons for a demo.
+        face = AgentFace(agent, args)
+        counts = face.counts
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -187,6 +223,8 @@ async def _run(state: AgentState, args: argparse.Namespace) -> int:
     stopped.cancel()
     waiter.cancel()
     fatal = agent.client.fatal
+    if face is not None:
+        face.close()
     await agent.stop()
     if args.report_stdout:
         sessions = [
@@ -200,7 +238,7 @@ async def _run(state: AgentState, args: argparse.Namespace) -> int:
             }
             for host in agent.hosts
         ]
-        print(json.dumps({"agent": user.counts, "session_processes": sessions}), flush=True)
+        print(json.dumps({"agent": counts, "session_processes": sessions}), flush=True)
     if fatal is not None:
         print(f"livesupport agent: {fatal}", file=sys.stderr)
         return 3

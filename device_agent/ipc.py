@@ -81,6 +81,12 @@ class Begin(Message):
     #: Shown as the author of the device user's chat messages.
     device_name: Name
     ice_servers: Annotated[tuple[IceServer, ...], Items(0, 8)] = ()
+    technician_organisation: Annotated[str, Text(0, 128)] = ""
+    #: The chat services the configuration allows (policy and the local service):
+    #: the call window shows only the functions they cover.
+    chat_services: Annotated[tuple[Mode, ...], Items(0, 3)] = (Mode.TEXT, Mode.VOICE, Mode.VIDEO)
+    #: Open the call window at once (the user just accepted), or keep it hidden.
+    show_window: bool = True
 
 
 @TO_SESSION.register("session.signal", _P)
@@ -113,6 +119,12 @@ class Interruption(Message):
     """The platform's audio interruption began (``phone_call``...) or ended (``none``)."""
 
     interruption: AudioInterruption
+
+
+@TO_SESSION.register("session.show", _P)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Show(Message):
+    """The device user chose "Live Support" in the agent: bring the call window back."""
 
 
 @TO_SESSION.register("session.query", _P)

@@ -58,27 +58,43 @@ class SessionHost:
     async def start(self) -> None:
         parent, child = socket.socketpair()
         try:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "device_agent.call_process",
-                "--ipc-fd",
-                str(child.fileno()),
-                *self._extra_args,
-                pass_fds=(child.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                # stderr is inherited: the session's log lines land in the agent's log.
-            )
+            await self._launch(child)
         finally:
             child.close()  # the child has its own copy now
         self.link = await Link.open(parent, inbound=TO_AGENT, outbound=TO_SESSION)
         self._reader = asyncio.ensure_future(self._read())
-        log.info("session process %s started", self.process.pid)
+        log.info("session process %s started", self.pid)
+
+    async def _launch(self, child: socket.socket) -> None:
+        """Start the session on ``child``, the session's end of the socket pair."""
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "device_agent.call_process",
+            "--ipc-fd",
+            str(child.fileno()),
+            *self._extra_args,
+            pass_fds=(child.fileno(),),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            # stderr is inherited: the session's log lines land in the agent's log.
+        )
+
+    @property
+    def started(self) -> bool:
+        return self.process is not None
+
+    async def _wait_exit(self) -> None:
+        assert self.process is not None
+        await self.process.wait()
+
+    def _kill(self) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
 
     async def _read(self) -> None:
         assert self.link is not None
-        assert self.process is not None
         try:
             while True:
                 try:
@@ -97,8 +113,8 @@ class SessionHost:
                 except Exception:
                     log.exception("handling %s from the session process failed", message.TYPE)
         finally:
-            await self.process.wait()
-            log.info("session process %s exited with %s", self.process.pid, self.returncode)
+            await self._wait_exit()
+            log.info("session process %s exited with %s", self.pid, self.returncode)
             self.exited.set()
 
     async def send(self, message: Message) -> bool:
@@ -113,15 +129,14 @@ class SessionHost:
 
     async def end(self, reason: str = "", timeout_s: float = END_TIMEOUT_S) -> None:
         """End the session process; returns once it has exited."""
-        if self.process is None:
+        if not self.started:
             return
         await self.send(End(reason=reason))
         try:
             await asyncio.wait_for(self.exited.wait(), timeout_s)
         except TimeoutError:
-            log.error("session process %s did not exit; killing it", self.process.pid)
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
+            log.error("session process %s did not exit; killing it", self.pid)
+            self._kill()
             await asyncio.wait_for(self.exited.wait(), timeout_s)
         if self.link is not None:
             await self.link.close()

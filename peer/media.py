@@ -747,6 +747,9 @@ class LocalVideoTrack(MediaStreamTrack):
         #: Size of the last frame sent (0 before the first).
         self.width = 0
         self.height = 0
+        #: The sender's own picture for its view (the inset self-view): set
+        #: ``preview.on_display`` to receive small frames; nothing is converted until then.
+        self.preview = DisplayTap(box=PREVIEW_BOX)
 
     @property
     def source(self) -> VideoSource | None:
@@ -804,12 +807,14 @@ class LocalVideoTrack(MediaStreamTrack):
         self.frames_sent += 1
         self.width, self.height = frame.width, frame.height
         self._rate.tick(now)
+        self.preview.push(frame)
         return frame
 
     def stop(self) -> None:
         source, self._source = self._source, None
         if source is not None:
             source.close()
+        self.preview.cancel()
         super().stop()
         self._source_set.set()  # a recv() waiting for a camera ends now
 
@@ -954,6 +959,77 @@ def to_display_frame(
     return DisplayFrame(width, height, plane.line_size, bytes(plane))
 
 
+#: The self-view is an inset: small frames are enough, and cheap to convert.
+PREVIEW_BOX = (320, 240)
+
+
+class DisplayTap:
+    """Hands frames, converted for display, to ``on_display`` on the loop's thread.
+
+    At most one conversion runs at a time (in a worker thread); frames that arrive
+    meanwhile replace the one waiting, so a slow view gets the newest frame rather
+    than a growing queue of old ones. Without ``on_display`` nothing is converted.
+    """
+
+    def __init__(
+        self,
+        box: tuple[int, int] | None = None,
+        on_display: Callable[[DisplayFrame], None] | None = None,
+    ) -> None:
+        self.box = box
+        self.on_display = on_display
+        #: Frames handed to ``on_display``.
+        self.displayed = 0
+        self._pending: av.VideoFrame | None = None
+        self._task: asyncio.Task[None] | None = None
+        # Used only by the one conversion in flight, so by one thread at a time.
+        self._reformatter = VideoReformatter()
+
+    @property
+    def idle(self) -> bool:
+        """No frame waits for conversion."""
+        return self._pending is None
+
+    def push(self, frame: av.VideoFrame) -> None:
+        if self.on_display is None:
+            return
+        self._pending = frame
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        # No await between the last check of _pending and returning, so a frame that
+        # arrives finds either this loop still running or the task done.
+        while self._pending is not None and self.on_display is not None:
+            frame, self._pending = self._pending, None
+            image = await asyncio.to_thread(to_display_frame, frame, self.box, self._reformatter)
+            self._deliver(image)
+
+    def _deliver(self, image: DisplayFrame) -> None:
+        # Read again: the view may have gone while the frame was being converted.
+        on_display = self.on_display
+        if on_display is None:
+            return
+        self.displayed += 1
+        try:
+            on_display(image)
+        except Exception as exc:
+            logger.error("on_display failed: %s", type(exc).__name__)
+
+    def cancel(self) -> None:
+        """Drop what waits; a conversion already in its thread finishes there and its
+        result is dropped."""
+        self._pending = None
+        if self._task is not None:
+            self._task.cancel()
+
+    async def stop(self) -> None:
+        self.cancel()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class _Receiver:
     """The task around a remote track: start, stop, ending quietly with the track."""
 
@@ -1000,12 +1076,8 @@ class _Receiver:
 
 class VideoReceiver(_Receiver):
     """Consumes a remote video track: counts, keeps the latest frame, and hands
-    frames converted for display to ``on_display`` on the loop's thread.
-
-    At most one conversion runs at a time (in a worker thread); frames that arrive
-    meanwhile replace the one waiting, so a slow view gets the newest frame rather
-    than a growing queue of old ones.
-    """
+    frames converted for display to ``on_display`` on the loop's thread (through a
+    :class:`DisplayTap`: latest wins)."""
 
     def __init__(
         self,
@@ -1015,8 +1087,7 @@ class VideoReceiver(_Receiver):
         on_display: Callable[[DisplayFrame], None] | None = None,
     ) -> None:
         super().__init__(track)
-        self.display_size = display_size
-        self.on_display = on_display
+        self._tap = DisplayTap(display_size, on_display)
         self.width = 0
         self.height = 0
         #: time.monotonic() of the first and the last frame; 0.0 until the first (wait
@@ -1026,13 +1097,32 @@ class VideoReceiver(_Receiver):
         self.last_frame_at = 0.0
         #: The last frame received, in memory only.
         self.latest: av.VideoFrame | None = None
-        #: Frames handed to ``on_display``.
-        self.displayed = 0
         self._rate = _RateMeter()
-        self._pending: av.VideoFrame | None = None
-        self._display_task: asyncio.Task[None] | None = None
-        # Used only by the one conversion in flight, so by one thread at a time.
-        self._reformatter = VideoReformatter()
+
+    @property
+    def on_display(self) -> Callable[[DisplayFrame], None] | None:
+        return self._tap.on_display
+
+    @on_display.setter
+    def on_display(self, callback: Callable[[DisplayFrame], None] | None) -> None:
+        self._tap.on_display = callback
+
+    @property
+    def display_size(self) -> tuple[int, int] | None:
+        return self._tap.box
+
+    @display_size.setter
+    def display_size(self, box: tuple[int, int] | None) -> None:
+        self._tap.box = box
+
+    @property
+    def displayed(self) -> int:
+        """Frames handed to ``on_display``."""
+        return self._tap.displayed
+
+    @property
+    def display_idle(self) -> bool:
+        return self._tap.idle
 
     @property
     def fps(self) -> float:
@@ -1050,33 +1140,11 @@ class VideoReceiver(_Receiver):
         self._rate.tick(now)
         self.width, self.height = frame.width, frame.height
         self.latest = frame
-        if self.on_display is not None:
-            self._pending = frame
-            if self._display_task is None or self._display_task.done():
-                self._display_task = asyncio.create_task(self._display())
-
-    async def _display(self) -> None:
-        # No await between the last check of _pending and returning, so a frame that
-        # arrives finds either this loop still running or the task done.
-        while self._pending is not None and self.on_display is not None:
-            frame, self._pending = self._pending, None
-            image = await asyncio.to_thread(
-                to_display_frame, frame, self.display_size, self._reformatter
-            )
-            self.displayed += 1
-            try:
-                self.on_display(image)
-            except Exception as exc:
-                logger.error("on_display failed: %s", type(exc).__name__)
+        self._tap.push(frame)
 
     async def stop(self) -> None:
         await super().stop()
-        self._pending = None
-        if self._display_task is not None:
-            # A conversion already in its thread finishes there; its result is dropped.
-            self._display_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._display_task
+        await self._tap.stop()
 
 
 def _sum_of_squares(frame: av.AudioFrame) -> tuple[float, int]:

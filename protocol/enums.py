@@ -73,6 +73,8 @@ class SessionState(StrEnum):
 
 class RejectReason(StrEnum):
     DECLINED = "declined"
+    #: Nobody answered before the invite ran out (the device's prompt, or the server).
+    NO_ANSWER = "no_answer"
     BUSY = "busy"
     UNAVAILABLE = "unavailable"  # the service is disabled or not installed
 

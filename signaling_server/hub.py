@@ -708,7 +708,7 @@ class Hub:
         if not session.machine.allowed(SessionEvent.TIMEOUT, Party.SERVER):
             return
         await self._move(session, SessionEvent.TIMEOUT, Party.SERVER)
-        await self._finish(session, reject_reason=RejectReason.DECLINED)
+        await self._finish(session, reject_reason=RejectReason.NO_ANSWER)
 
     async def _on_session_consent(self, conn: Connection, msg: SessionConsent) -> None:
         receipt = msg.receipt

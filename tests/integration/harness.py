@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device_agent.agent import DeviceAgent, enrol
+from device_agent.agent import DeviceAgent, HostFactory, enrol
+from device_agent.session_host import SessionHost
 from device_agent.state import AgentState
 from peer.signaling import Backoff
 from protocol.enums import LiveSupportStatus, Mode
@@ -67,7 +68,12 @@ class Pair:
 
 @asynccontextmanager
 async def make_pair(
-    lab: Lab, folder: Path, *, session_args: Sequence[str] = (), prewarm: bool = False
+    lab: Lab,
+    folder: Path,
+    *,
+    session_args: Sequence[str] = (),
+    prewarm: bool = False,
+    host_factory: HostFactory = SessionHost,
 ) -> AsyncIterator[Pair]:
     state = AgentState(folder / "agent")
     await enrol(state, await lab.enrolment_code(), name="Tablet 7")
@@ -89,6 +95,7 @@ async def make_pair(
         session_args=session_args,
         prewarm=prewarm,
         backoff=FAST,
+        host_factory=host_factory,
     )
     await agent.start()
     await agent.client.wait_online()

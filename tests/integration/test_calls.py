@@ -325,7 +325,7 @@ async def test_nothing_is_sent_or_opened_before_acceptance(pair: Pair) -> None:
         await release.wait()
         return Mode.VIDEO
 
-    pair.agent._invite_handler = slow_user
+    pair.agent.invite_handler = slow_user
     session = await pair.console.start_session(pair.device_id, Mode.VIDEO, "ticket CALL-9")
     await until(lambda: "sent" in seen_during_prompt)
     assert not {SignalSdp.TYPE, SignalCandidate.TYPE} & set(seen_during_prompt["sent"])

@@ -679,7 +679,7 @@ async def test_display_conversion_and_the_loop_can_reformat_the_same_frame() -> 
         await until(lambda: receiver.latest is frame)  # noqa: B023 (awaited right here)
         for _ in range(5):
             frame.reformat(width=160, height=120, format="yuv420p")
-    await until(lambda: receiver.displayed > 0 and receiver._pending is None)
+    await until(lambda: receiver.displayed > 0 and receiver.display_idle)
     await receiver.stop()
     assert shown[-1].width == 320
 

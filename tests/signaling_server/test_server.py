@@ -574,13 +574,13 @@ async def test_an_unanswered_invite_expires(tmp_path: Path) -> None:
 
         for member in (console, wire):
             update = await state_of(member, session_id, SessionState.EXPIRED)
-            assert update.reject_reason is RejectReason.DECLINED
+            assert update.reject_reason is RejectReason.NO_ANSWER
         # The invite is gone: the server no longer knows the session as a live one.
         await wire.refused(
             SessionAccept(session_id=session_id, mode=Mode.VIDEO), ErrorCode.NOT_FOUND
         )
         (row,) = await lab.store.sessions()
-        assert (row.state, row.end_reason) == ("expired", "declined")
+        assert (row.state, row.end_reason) == ("expired", "no_answer")
         status = await wire.expect(DeviceStatus, where=lambda s: s.session_id is None)
         assert status.status is LiveSupportStatus.DISCONNECTED
         # And the device can be called again.

@@ -1,0 +1,40 @@
+"""Running asyncio code under Qt: one loop on the GUI thread, through qasync."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import qasync
+from PySide6.QtWidgets import QApplication
+
+T = TypeVar("T")
+
+
+def application(app_name: str) -> QApplication:
+    """The process's QApplication (made once), set up for the agent's windows."""
+    existing = QApplication.instance()
+    if isinstance(existing, QApplication):
+        return existing
+    app = QApplication(sys.argv[:1])
+    app.setApplicationName(app_name)
+    app.setApplicationDisplayName(app_name)
+    app.setOrganizationName("Live Support")
+    # The agent lives in the tray: closing its last window must not quit it.
+    app.setQuitOnLastWindowClosed(False)
+    return app
+
+
+def run_with_qt(main: Coroutine[Any, Any, T], *, app_name: str) -> T:
+    """Run ``main`` to completion on a qasync loop, with Qt's events flowing."""
+    app = application(app_name)
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    try:
+        result: T = loop.run_until_complete(main)
+        return result
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
