@@ -4,14 +4,19 @@ Each part runs as its own process on loopback, set up the way an operator would:
 ``livesupport admin`` makes a device group, a technician and a one-time enrolment
 code; the agent enrols with the code (pinning the server's certificate) and stays
 connected; the console logs in and plays a scripted video session (synthetic camera
-and tone on both ends; the device's call in its own session process) and a
-notification round. The report (JSON) holds every step's outcome and timings, never
-chat content.
+and tone on both ends; the device's call in its own session process) and, once the
+session is closed, a notification round. The report (JSON) holds every step's outcome
+and timings, never chat content.
+
+The agent runs with its Qt windows on Qt's ``offscreen`` platform and its autopilot
+(it presses the prompt's button and answers the notification through its windows), and
+saves pictures of them in ``OUT/screenshots``: the incoming-call prompt, the call
+window (as a desktop window and as a tablet in portrait) and the notification pop-up.
 
 The agent runs with its own home, data, config, cache and temp folders; after the
 session every file in them (and its log) is searched for the words of the
 conversation (``device_leftovers.canary_hits`` must be 0), and any file written or
-changed while the session ran is listed.
+changed, or folder made, while the session ran is listed (there must be none).
 """
 
 from __future__ import annotations
@@ -35,6 +40,14 @@ from tech_console.scripted import DEMO_MESSAGES, DEVICE_CONTROLS
 DEVICE_REPLIES = ("Hi! It is the one on the second floor.", "It works now, thank you!")
 NOTIFICATION_ANSWER = "That is fine, thanks."
 
+#: The pictures the agent's windows save (``--screenshots``), each of them once.
+SCREENSHOTS = ("prompt.png", "call-window.png", "call-window-tablet.png", "notification.png")
+#: How long the demo waits for the pictures once the console's script is over.
+SCREENSHOT_WAIT_S = 20.0
+#: The autopilot's time to "read" the prompt before it presses the button (the prompt's
+#: picture is taken 0.3 s after it shows).
+ACCEPT_DELAY_S = 1.0
+
 #: Steps that must all be true for the demo to pass.
 REQUIRED_TRUE = (
     "session.accepted",
@@ -50,6 +63,7 @@ REQUIRED_TRUE = (
     "call.controls_all_seen",
     "session.process_exited",
     "session.media_released",
+    "screenshots.complete",
 )
 
 
@@ -98,6 +112,8 @@ def run(out: Path, *, timeout_s: float = 120.0) -> dict[str, Any]:
     server_data = out / "server-data"
     agent_state = out / "agent-state"
     logs = out / "logs"
+    # Outside the agent's own folders: the pictures are the demo's, not the device's.
+    screenshots = out / "screenshots"
     logs.mkdir()
     ready = out / "server.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -114,7 +130,16 @@ def run(out: Path, *, timeout_s: float = 120.0) -> dict[str, Any]:
 
         try:
             return _run_parts(
-                out, server_data, agent_state, ready, env, processes, log_file, started, timeout_s
+                out,
+                server_data,
+                agent_state,
+                screenshots,
+                ready,
+                env,
+                processes,
+                log_file,
+                started,
+                timeout_s,
             )
         finally:
             for process in reversed(processes):
@@ -128,6 +153,7 @@ def _run_parts(
     out: Path,
     server_data: Path,
     agent_state: Path,
+    screenshots: Path,
     ready: Path,
     env: dict[str, str],
     processes: list[subprocess.Popen[bytes]],
@@ -162,7 +188,11 @@ def _run_parts(
     )
     code = _admin(server_data, "enrolment-token", "Demo tablets", "--server", info["url"])
     agent_args = ["agent", "--state", str(agent_state), "--enrol", code["code"]]
-    agent_args += ["--name", "Demo tablet", "--headless", "--accept", "video", "--fake-media"]
+    # With its windows (offscreen, see _agent_env) and the autopilot pressing their
+    # buttons; the session process shows the call window and saves its pictures too.
+    agent_args += ["--name", "Demo tablet", "--accept", "video", "--fake-media"]
+    agent_args += ["--autopilot", "--accept-delay-s", str(ACCEPT_DELAY_S)]
+    agent_args += ["--screenshots", str(screenshots)]
     for reply in DEVICE_REPLIES:
         agent_args += ["--reply", reply]
     agent_args += ["--controls", ",".join(DEVICE_CONTROLS), "--control-step-s", "1.0"]
@@ -175,10 +205,14 @@ def _run_parts(
         env=agent_env,
     )
     processes.append(agent)
-    # Enrolled (key and identity written) before the session: what is there now is
-    # the baseline; anything written after it was written during the session.
-    _wait_enrolled(agent_state, agent, 30)
+    # Enrolled (key and identity written), windows made (Qt has loaded its fonts:
+    # where the system's font cache is stale, fontconfig writes one under the agent's
+    # XDG_CACHE_HOME as the first window is made) and online, before the session: what
+    # is there now is the baseline; anything written after it was written during the
+    # session.
+    _wait_agent_up(agent_state, agent, 30)
     baseline = _file_marks([agent_state, *agent_folders])
+    folders_before = _folders([agent_state, *agent_folders])
     console_report = out / "console-report.json"
     console = subprocess.run(
         _livesupport(
@@ -209,6 +243,22 @@ def _run_parts(
     if console_report.exists():
         report.update(json.loads(console_report.read_text()))
     report["console.exit_code"] = console.returncode
+    # The device user answers the notification in its pop-up ("Reply"), which implies
+    # read (docs/protocol.md, notify.answer): the server then goes from delivered to
+    # answered with no `read` update in between. Whether a separate `notify.ack read`
+    # came is kept apart.
+    report["notification.read_ack_seen"] = bool(report.get("notification.read"))
+    report["notification.read"] = bool(
+        report.get("notification.read") or report.get("notification.answered")
+    )
+    # The notification's picture is taken while its pop-up shows (before the autopilot
+    # answers), so it is normally there already; the call window's come from the
+    # session process, which is gone by now.
+    saved = _wait_screenshots(screenshots, agent, SCREENSHOT_WAIT_S)
+    report["screenshots"] = saved
+    report["screenshots.folder"] = str(screenshots)
+    report["screenshots.missing"] = [n for n in SCREENSHOTS if n not in {s["file"] for s in saved}]
+    report["screenshots.complete"] = not report["screenshots.missing"]
     _stop(agent)
     agent_out = agent.stdout.read().decode() if agent.stdout else ""
     agent_counts: dict[str, int] = {}
@@ -223,6 +273,12 @@ def _run_parts(
     report["device_leftovers.canary_files"] = hits
     report["device_leftovers.files_written_during_session"] = _changed_files(
         baseline, _file_marks([agent_state, *agent_folders])
+    )
+    # An empty folder holds nothing of a conversation, but a program that makes one
+    # during the session is writing where it should not (as PulseAudio's client did,
+    # before PULSE_SERVER): listed too, and it fails the demo as well.
+    report["device_leftovers.folders_made_during_session"] = sorted(
+        str(f) for f in _folders([agent_state, *agent_folders]) - folders_before
     )
     report["agent.counts"] = agent_counts
     sessions = agent_sessions
@@ -252,8 +308,48 @@ def _run_parts(
         all(bool(report.get(key)) for key in REQUIRED_TRUE)
         and report["device_leftovers.canary_hits"] == 0
         and not report["device_leftovers.files_written_during_session"]
+        and not report["device_leftovers.folders_made_during_session"]
     )
     return report
+
+
+def png_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of a PNG file, from its header; None if it is not a PNG."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _wait_screenshots(
+    folder: Path, agent: subprocess.Popen[bytes], timeout_s: float
+) -> list[dict[str, Any]]:
+    """The pictures in ``folder`` (each a whole PNG), waiting up to ``timeout_s`` for
+    all of ``SCREENSHOTS`` while the agent runs."""
+    deadline = time.monotonic() + timeout_s
+
+    def saved() -> list[dict[str, Any]]:
+        found = []
+        for name in SCREENSHOTS:
+            path = folder / name
+            size = png_size(path)
+            if size is not None:
+                width, height = size
+                found.append(
+                    {"file": name, "width": width, "height": height, "bytes": path.stat().st_size}
+                )
+        return found
+
+    while len(saved()) < len(SCREENSHOTS):
+        if time.monotonic() > deadline or agent.poll() is not None:
+            break
+        time.sleep(0.1)
+    time.sleep(0.2)  # the last one may have been written a moment ago: let it be whole
+    return saved()
 
 
 def _agent_env(out: Path, env: dict[str, str]) -> tuple[dict[str, str], list[Path]]:
@@ -275,10 +371,19 @@ def _agent_env(out: Path, env: dict[str, str]) -> tuple[dict[str, str], list[Pat
         folder.mkdir(parents=True, mode=0o700)
         agent_env[variable] = str(folder)
         folders.append(folder)
+    # The agent's windows (and its session processes' call windows) draw offscreen.
+    agent_env["QT_QPA_PLATFORM"] = "offscreen"
+    # The prompt rings through Qt Multimedia, whose PulseAudio client, looking for the
+    # sound server under XDG_RUNTIME_DIR, makes the folder `pulse` there (and, where it
+    # reaches a server, e.g. through an inherited PULSE_SERVER, writes a cookie under
+    # ~/.config/pulse). A named server that is not there: no folder, no cookie; the
+    # prompt falls back to the platform's beep.
+    agent_env["PULSE_SERVER"] = "unix:" + str(out / "agent-folders" / "runtime" / "no-sound")
     return agent_env, folders
 
 
 def _wait_enrolled(state: Path, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Until the agent enrolled (identity and key written). (bench.calls uses it.)"""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if (state / "identity.json").exists():
@@ -287,6 +392,24 @@ def _wait_enrolled(state: Path, process: subprocess.Popen[bytes], timeout_s: flo
             raise RuntimeError(f"the agent exited with {process.returncode} before enrolling")
         time.sleep(0.05)
     raise RuntimeError("the agent did not enrol in time")
+
+
+def _wait_agent_up(state: Path, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Until the agent enrolled (identity and key written), made its windows and is
+    online (its ``agent-status.json`` says so)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (state / "identity.json").exists():
+            try:
+                status = json.loads((state / "agent-status.json").read_text())
+            except (OSError, ValueError):
+                status = None
+            if isinstance(status, dict) and status.get("online") is True:
+                return
+        if process.poll() is not None:
+            raise RuntimeError(f"the agent exited with {process.returncode} before it was up")
+        time.sleep(0.05)
+    raise RuntimeError("the agent was not up in time")
 
 
 def _file_marks(folders: Sequence[Path]) -> dict[str, tuple[int, int]]:
@@ -298,6 +421,11 @@ def _file_marks(folders: Sequence[Path]) -> dict[str, tuple[int, int]]:
                 info = path.stat()
                 marks[str(path)] = (info.st_size, info.st_mtime_ns)
     return marks
+
+
+def _folders(roots: Sequence[Path]) -> set[Path]:
+    """Every folder under ``roots``."""
+    return {path for root in roots for path in root.rglob("*") if path.is_dir()}
 
 
 def _changed_files(
@@ -332,7 +460,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--report", type=Path, help="JSON report (default: OUT/report.json)")
     args = parser.parse_args(argv)
     if not args.headless:
-        print("The Qt windows are not built yet: playing the session headless.")
+        print(
+            "The console's windows are not built yet: playing the session scripted, with "
+            f"the device's windows offscreen (pictures in {args.out / 'screenshots'})."
+        )
     report = run(args.out)
     report_path = args.report or args.out / "report.json"
     report_path.parent.mkdir(parents=True, exist_ok=True)
