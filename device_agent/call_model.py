@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -346,7 +346,7 @@ class CallWindowModel:
         if call is None or not call.chat_open:
             self._fail("Not connected: the message was not sent.")
             return
-        self._spawn(call.send_chat(text))
+        self._spawn(lambda: call.send_chat(text))
 
     def seen(self, message_ids: Iterable[str]) -> None:
         """The chat view shows these incoming messages to the user now: read receipts
@@ -356,12 +356,12 @@ class CallWindowModel:
         ids = list(message_ids)
         if not ids or call is None or not (self.window_visible and self.chat_open):
             return
-        self._spawn(call.mark_read(ids))
+        self._spawn(lambda: call.mark_read(ids))
 
     def set_typing(self, active: bool) -> None:
         call = self.call
         if call is not None and call.chat_open:
-            self._spawn(call.send_typing(active))
+            self._spawn(lambda: call.send_typing(active))
 
     def close(self) -> None:
         for unsubscribe in self._unsubscribe:
@@ -381,7 +381,7 @@ class CallWindowModel:
                 self._connected_at = self._clock()
                 self._on_change()
 
-        self._spawn(connected())
+        self._spawn(connected)
         self.chat_logs.fire(call.chat)
         self._on_change()
 
@@ -408,17 +408,20 @@ class CallWindowModel:
             media.video_track.preview.on_display = self.local_frames.fire
 
     def _run(self, control: Control, argument: str = "") -> None:
-        self._spawn(self.session.control(control, argument))
+        self._spawn(lambda: self.session.control(control, argument))
 
     def _fail(self, message: str) -> None:
         self.error = message
         self._on_change()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, action: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``action`` in the background. The coroutine is made inside the task, so
+        a task cancelled before it started (the window closed) leaves none unawaited."""
+
         async def run() -> None:
             self.error = None
             try:
-                await coro
+                await action()
             except (ProtocolError, ValueError, ConnectionError) as exc:
                 log.info("call window action failed: %s", type(exc).__name__)
                 self._fail("That did not work; please try again.")

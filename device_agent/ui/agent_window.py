@@ -74,7 +74,8 @@ class AgentWindow(QWidget):
             "#agentWindow{background:#ffffff;}QLabel{color:#1b1b1b;}"
             "#statusBadge{color:#ffffff;border-radius:6px;padding:6px 12px;font-size:16px;"
             "font-weight:bold;}"
-            "QPushButton{border-radius:8px;padding:8px 14px;background:#1565c0;color:#ffffff;}"
+            "QPushButton{border-radius:8px;padding:8px 14px;background:#1565c0;color:#ffffff;"
+            "border:3px solid transparent;}"
             "QPushButton:disabled{background:#cfd8dc;color:#37474f;}"
             "QPushButton:focus{border:3px solid #0d47a1;}"
         )

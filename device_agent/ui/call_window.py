@@ -107,7 +107,7 @@ class CallWindow(QWidget):
         self.bar.setStyleSheet(
             "#controls{background:#1e262c;}"
             "#controls QPushButton{background:#37474f;color:#ffffff;border-radius:8px;"
-            "padding:6px 10px;font-size:14px;}"
+            "padding:6px 10px;font-size:14px;border:3px solid transparent;}"
             "#controls QPushButton:checked{background:#eceff1;color:#1b1b1b;}"
             "#controls QPushButton:focus{border:3px solid #4fc3f7;}"
             "#controls QPushButton#hang_up{background:#c62828;}"

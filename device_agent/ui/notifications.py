@@ -35,8 +35,9 @@ _CARD_STYLE = (
     "#noteMeta{color:#455a64;}"
     "#noteTitle{font-size:16px;font-weight:bold;}"
     "#noteError{color:#b00020;}"
-    "QPushButton{border-radius:8px;padding:6px 12px;background:#1565c0;color:#ffffff;}"
-    "QPushButton#markRead{background:#eceff1;color:#1b1b1b;border:1px solid #78909c;}"
+    "QPushButton{border-radius:8px;padding:6px 12px;background:#1565c0;color:#ffffff;"
+    "border:3px solid transparent;}"
+    "QPushButton#markRead{background:#eceff1;color:#1b1b1b;border:3px solid #78909c;}"
     "QPushButton:focus{border:3px solid #0d47a1;}"
     "QLineEdit{border:1px solid #78909c;border-radius:6px;padding:6px;color:#1b1b1b;"
     "background:#ffffff;}"
@@ -155,7 +156,7 @@ class NotificationPopup(QWidget):
         dismiss.setMinimumHeight(TOUCH_TARGET_PX)
         dismiss.setStyleSheet(
             "QPushButton{border-radius:8px;padding:6px 12px;background:#ffffff;color:#1b1b1b;"
-            "border:1px solid #78909c;}QPushButton:focus{border:3px solid #0d47a1;}"
+            "border:3px solid #78909c;}QPushButton:focus{border:3px solid #0d47a1;}"
         )
         dismiss.clicked.connect(self.close)
         layout = QVBoxLayout(self)

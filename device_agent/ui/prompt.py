@@ -87,7 +87,7 @@ class IncomingCallDialog(QDialog):
             "#headline{font-size:18px;font-weight:bold;}"
             "#organisation,#reasonTitle{color:#455a64;}"
             "QPushButton{border-radius:8px;padding:8px 14px;font-size:15px;"
-            "background:#2e7d32;color:#ffffff;}"
+            "border:3px solid transparent;background:#2e7d32;color:#ffffff;}"
             "QPushButton#reject{background:#c62828;}"
             "QPushButton:focus{border:3px solid #0d47a1;}"
         )

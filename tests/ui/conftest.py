@@ -13,6 +13,10 @@ from PySide6.QtWidgets import QApplication
 
 def _qt_loop() -> asyncio.AbstractEventLoop:
     app = QApplication.instance() or QApplication([])
+    # As in the agent: closing a window must not quit the application (and stop
+    # the loop under a test's feet).
+    if isinstance(app, QApplication):
+        app.setQuitOnLastWindowClosed(False)
     loop: asyncio.AbstractEventLoop = qasync.QEventLoop(app)
     return loop
 
