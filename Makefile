@@ -41,7 +41,7 @@ pytest: setup
 test: lint typecheck imports pytest
 
 # With a display the windows open; without one the scripted session runs headless
-# and writes a JSON report (and, once the Qt apps exist, screenshots).
+# and writes a JSON report and screenshots of the device's windows.
 demo: setup
 	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then \
 		$(BIN)/livesupport demo --out $(DEMO_DIR); \
