@@ -48,7 +48,12 @@ class EnrolmentCode:
         prefix = f"{SCHEME}:?"
         if not text.startswith(prefix):
             raise BadEnrolmentCode(f"an enrolment code starts with {prefix!r}")
-        query = parse_qs(text[len(prefix) :], strict_parsing=True)
+        try:
+            query = parse_qs(text[len(prefix) :], strict_parsing=True)
+        except ValueError:
+            raise BadEnrolmentCode(
+                "the code is not of the form server=...&token=...&fp=..."
+            ) from None
         try:
             (server,), (token,), (fingerprint,) = query["server"], query["token"], query["fp"]
         except (KeyError, ValueError):
