@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -27,10 +28,19 @@ def application(app_name: str) -> QApplication:
     return app
 
 
+def executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The loop's executor for ``run_in_executor`` and ``to_thread`` (aiortc's encoders,
+    our frame conversions). qasync's own QThreadExecutor was seen to leave a task
+    cancelled mid-encode waiting for ever when the loop shut down; Python's pool
+    hands results back through ``call_soon_threadsafe`` like any asyncio loop."""
+    return concurrent.futures.ThreadPoolExecutor(thread_name_prefix="livesupport")
+
+
 def run_with_qt(main: Coroutine[Any, Any, T], *, app_name: str) -> T:
     """Run ``main`` to completion on a qasync loop, with Qt's events flowing."""
     app = application(app_name)
     loop = qasync.QEventLoop(app)
+    loop.set_default_executor(executor())
     asyncio.set_event_loop(loop)
     try:
         result: T = loop.run_until_complete(main)
