@@ -11,6 +11,7 @@ a keyboard shortcut. Text from the technician is only ever shown as plain text.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer
@@ -33,6 +34,7 @@ from peer.media import DisplayFrame
 from peer.ui.chat import ChatPanel
 from peer.ui.theme import TOUCH_TARGET_PX
 from peer.ui.video import VideoView
+from protocol.enums import Mode
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,7 @@ class CallWindow(QWidget):
         self._clock.timeout.connect(self._tick)
         self._clock.start()
 
+        self._chat_unsubscribe: Callable[[], None] = lambda: None
         self._unsubscribe = [
             model.changed.add(lambda _none: self.refresh()),
             model.show_requests.add(lambda _none: self.bring_to_front()),
@@ -184,7 +187,7 @@ class CallWindow(QWidget):
             self.banner.setStyleSheet(_BANNER_STYLE[banner.warning] + "padding:8px;")
         self.error_label.setVisible(model.error is not None)
         self.error_label.setText(model.error or "")
-        self.stage.setVisible(model.has_video or model.mode.value == "voice")
+        self.stage.setVisible(model.mode is not Mode.TEXT)
         self.chat_panel.setVisible(model.chat_open)
         if model.call is None or not model.has_video or self.remote_view.frames_shown == 0:
             self.remote_view.clear(model.remote_placeholder())
@@ -209,9 +212,11 @@ class CallWindow(QWidget):
             self.local_view.show_frame(frame)
 
     def _on_chat_log(self, log_: ChatLog | None) -> None:
+        # One subscription at a time: the previous call's log is done with.
+        self._chat_unsubscribe()
         self.chat_panel.set_log(log_)
         if log_ is not None:
-            log_.listeners.add(lambda _entry: self._on_chat_entry())
+            self._chat_unsubscribe = log_.listeners.add(lambda _entry: self._on_chat_entry())
 
     def _on_chat_entry(self) -> None:
         if self.screenshots is not None and not self.model.chat_open:
@@ -264,6 +269,7 @@ class CallWindow(QWidget):
     def close_for_good(self) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
+        self._chat_unsubscribe()
         self.model.close()
         self.chat_panel.set_log(None)
         self._for_good = True

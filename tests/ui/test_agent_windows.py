@@ -18,9 +18,10 @@ from pytestqt.qtbot import QtBot
 
 from device_agent.agent_model import AgentModel, PromptState
 from device_agent.state import ServiceConfig
-from device_agent.ui.agent_window import AgentUi
+from device_agent.ui.agent_window import STATUS_COLOURS, AgentUi
 from device_agent.ui.notifications import NotificationPopup
 from device_agent.ui.prompt import IncomingCallDialog
+from peer.ui.theme import MIN_TEXT_CONTRAST, contrast_ratio
 from protocol.enums import (
     LiveSupportStatus,
     Mode,
@@ -238,3 +239,8 @@ async def test_keyboard_reaches_every_prompt_button(agent: Agent) -> None:
     QTest.keyClick(prompt, Qt.Key.Key_Escape)
     await pair.console.wait_session(session, [SessionState.REJECTED])
     await asyncio.sleep(0)
+
+
+def test_status_badges_are_readable() -> None:
+    for status, colour in STATUS_COLOURS.items():
+        assert contrast_ratio("#ffffff", colour) >= MIN_TEXT_CONTRAST, status
