@@ -7,10 +7,14 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import pytest
+import pytestqt.plugin
 import qasync
 from PySide6.QtWidgets import QApplication
 
 from device_agent.ui.app import executor
+
+# The loop of the test being run: the last one made (one per test).
+_current_loop: list[asyncio.AbstractEventLoop] = []
 
 
 def _qt_loop() -> asyncio.AbstractEventLoop:
@@ -21,7 +25,33 @@ def _qt_loop() -> asyncio.AbstractEventLoop:
         app.setQuitOnLastWindowClosed(False)
     loop: asyncio.AbstractEventLoop = qasync.QEventLoop(app)
     loop.set_default_executor(executor())
+    _current_loop[:] = [loop]
     return loop
+
+
+def _process_events_as_the_loop() -> None:
+    """pytest-qt processes Qt events between a test's phases (after the call, before
+    and after teardown), outside any run_until_complete. qasync's callbacks are Qt
+    timers, so they fire there too, with no running loop set: a task stepped then
+    fails in asyncio.get_running_loop() (every sleep, every aiohttp timeout), and a
+    task woken there can be left waiting for ever (the CI hang of issue 4). Qt
+    processing events IS this loop running, so say so while it does."""
+    app = QApplication.instance()
+    if app is None:
+        return
+    loop = _current_loop[0] if _current_loop else None
+    if loop is None or loop.is_closed() or loop.is_running():
+        app.processEvents()
+        return
+    asyncio.events._set_running_loop(loop)
+    try:
+        app.processEvents()
+    finally:
+        asyncio.events._set_running_loop(None)
+
+
+# pytest-qt looks the function up by name at each call.
+pytestqt.plugin._process_events = _process_events_as_the_loop
 
 
 def pytest_asyncio_loop_factories(

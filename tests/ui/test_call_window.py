@@ -6,7 +6,6 @@ media over a real aiortc call. The session runs in this process (see
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QApplication, QBoxLayout, QPushButton
+from PySide6.QtWidgets import QBoxLayout, QPushButton
 from pytestqt.qtbot import QtBot
 
 from device_agent.call_model import CallControl, CallWindowModel
@@ -31,15 +30,6 @@ from tests.conftest import Lab
 from tests.integration.harness import Pair, make_pair, until
 from tests.integration.inprocess import in_process_hosts
 from tests.integration.test_calls import close, facing_seen, peer, start_call
-
-# Known problem, kept visible: on a fresh CI machine this module sometimes hangs in
-# pytest-asyncio's loop shutdown on the qasync loop (aiortc tasks of the in-process call
-# never finish cancelling; pytest-timeout cannot fire under Qt's loop). It passes locally
-# (`make pytest PYTEST_ARGS=tests/ui`). Skipped under CI until that is fixed: issue 4
-# stays open for it.
-pytestmark = pytest.mark.skipif(
-    os.environ.get("CI") == "true", reason="hangs at loop shutdown on CI (issue 4, open)"
-)
 
 
 @dataclass
@@ -243,7 +233,13 @@ async def test_the_layout_fits_a_portrait_tablet_and_a_desktop(device: Device) -
         ((1280, 800), QBoxLayout.Direction.LeftToRight),
     ):
         window.resize(width, height)
-        QApplication.processEvents()
+        # Never QApplication.processEvents() here: this coroutine runs inside one of
+        # qasync's timer callbacks, and processing events nested in it re-enters that
+        # timer; qasync then drops another callback (a task's wake-up: the loop hung
+        # at shutdown). A shown window gets its resize event at once; lay out now.
+        layout = window.layout()
+        assert layout is not None
+        layout.activate()
         assert window.content.direction() is direction
         for control in shown(window):
             target = button(window, control)
