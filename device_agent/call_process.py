@@ -501,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     interactive = args.encoders == "interactive"
     encoders.install(encoders.INTERACTIVE if interactive else encoders.AIORTC_DEFAULT)
     if args.ui == "qt":
-        from device_agent.ui.app import run_with_qt
+        from peer.ui.app import run_with_qt
 
         return run_with_qt(run(args), app_name="Live Support call")
     return asyncio.run(run(args))

@@ -160,7 +160,7 @@ def main(argv: Sequence[str]) -> int:
         print("livesupport agent: no display; running headless", file=sys.stderr)
     try:
         if qt:
-            from device_agent.ui.app import run_with_qt
+            from peer.ui.app import run_with_qt
 
             return run_with_qt(_run(state, args, qt=True), app_name="Live Support")
         return asyncio.run(_run(state, args, qt=False))

@@ -19,10 +19,10 @@ from peer.call import PeerCall
 from peer.call_media import CallMedia, MediaOptions
 from peer.chat import Listeners
 from peer.media import MediaDevices
-from peer.signaling import Backoff, RequestError, SignalingClient, api_post
+from peer.signaling import Backoff, LinkState, RequestError, SignalingClient, api_post
 from protocol import identity
 from protocol.codec import Message
-from protocol.enums import Mode, NotificationState, SessionState
+from protocol.enums import Mode, NotificationState, Role, SessionState
 from protocol.errors import ProtocolError
 from protocol.messages import (
     AuthChallenge,
@@ -108,12 +108,17 @@ class ConsoleClient:
         self.token: str | None = None
         self.display_name = ""
         self.technician_id = ""
+        #: The technician's role (None until logged in): the console greys out what
+        #: the server would refuse.
+        self.role: Role | None = None
         self.devices: dict[str, DeviceInfo] = {}
         self.sessions: dict[str, ConsoleSession] = {}
         self.notifications: dict[str, NotificationProgress] = {}
         self.device_listeners: Listeners[DeviceInfo] = Listeners()
         self.session_listeners: Listeners[ConsoleSession] = Listeners()
         self.notification_listeners: Listeners[NotificationProgress] = Listeners()
+        #: The signaling link's state (online, reconnecting...), for the status bar.
+        self.link_listeners: Listeners[LinkState] = Listeners()
         self._tasks: set[asyncio.Task[None]] = set()
         #: Parts and updates of a notification that arrived before notify() returned.
         self._early_parts: dict[str, list[NotifySent | NotifyUpdate]] = {}
@@ -132,12 +137,14 @@ class ConsoleClient:
         self.token = str(reply["token"])
         self.display_name = str(reply["display_name"])
         self.technician_id = str(reply["technician_id"])
+        self.role = Role(str(reply["role"]))
         self.client = SignalingClient(
             self.server,
             self.fingerprint,
             authenticate=self._authenticate,
             on_message=self._on_message,
             on_online=self._on_online,
+            on_state=self.link_listeners.fire,
             backoff=self._backoff,
         )
         self.client.start()

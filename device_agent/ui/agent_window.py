@@ -28,18 +28,11 @@ from PySide6.QtWidgets import (
 from device_agent.agent_model import AgentModel, InboxItem, IncomingCall, StatusView
 from device_agent.ui.notifications import InboxWindow, NotificationPopup
 from device_agent.ui.prompt import IncomingCallDialog, plain_label
-from peer.ui.theme import TOUCH_TARGET_PX
-from protocol.enums import LiveSupportStatus
+from peer.ui.theme import STATUS_COLOURS, TOUCH_TARGET_PX
 
 log = logging.getLogger(__name__)
 
 #: Status colours, each with white text at 4.5:1 or better.
-STATUS_COLOURS = {
-    LiveSupportStatus.CONNECTED: "#2e7d32",
-    LiveSupportStatus.DISCONNECTED: "#455a64",
-    LiveSupportStatus.DISABLED: "#b71c1c",
-    LiveSupportStatus.NOT_INSTALLED: "#6a1b9a",
-}
 
 
 def status_icon(view: StatusView) -> QIcon:

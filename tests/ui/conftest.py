@@ -11,7 +11,7 @@ import pytestqt.plugin
 import qasync
 from PySide6.QtWidgets import QApplication
 
-from device_agent.ui.app import executor
+from peer.ui.app import executor
 
 # The loop of the test being run: the last one made (one per test).
 _current_loop: list[asyncio.AbstractEventLoop] = []

@@ -18,10 +18,10 @@ from pytestqt.qtbot import QtBot
 
 from device_agent.agent_model import AgentModel, PromptState
 from device_agent.state import ServiceConfig
-from device_agent.ui.agent_window import STATUS_COLOURS, AgentUi
+from device_agent.ui.agent_window import AgentUi
 from device_agent.ui.notifications import NotificationPopup
 from device_agent.ui.prompt import IncomingCallDialog
-from peer.ui.theme import MIN_TEXT_CONTRAST, contrast_ratio
+from peer.ui.theme import MIN_TEXT_CONTRAST, STATUS_COLOURS, contrast_ratio
 from protocol.enums import (
     LiveSupportStatus,
     Mode,

@@ -1,4 +1,6 @@
-"""Running asyncio code under Qt: one loop on the GUI thread, through qasync."""
+"""Running asyncio code under Qt: one loop on the GUI thread, through qasync.
+
+Both ends use it: the device agent (tray, prompt, call window) and the console."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ T = TypeVar("T")
 
 
 def application(app_name: str) -> QApplication:
-    """The process's QApplication (made once), set up for the agent's windows."""
+    """The process's QApplication (made once)."""
     existing = QApplication.instance()
     if isinstance(existing, QApplication):
         return existing
@@ -23,7 +25,8 @@ def application(app_name: str) -> QApplication:
     app.setApplicationName(app_name)
     app.setApplicationDisplayName(app_name)
     app.setOrganizationName("Live Support")
-    # The agent lives in the tray: closing its last window must not quit it.
+    # The agent lives in the tray and the console ends when its main coroutine does:
+    # closing a last window must not stop the loop under either.
     app.setQuitOnLastWindowClosed(False)
     return app
 
