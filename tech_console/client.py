@@ -83,6 +83,7 @@ class NotificationProgress:
     notification_id: str
     device_ids: tuple[str, ...]
     states: dict[str, NotificationState]
+    title: str = ""
     answers: dict[str, str] = field(default_factory=dict)
     #: Every state each device reported, in order (the console shows the timeline).
     history: dict[str, list[NotificationState]] = field(default_factory=dict)
@@ -395,6 +396,7 @@ class ConsoleClient:
             reply.notification_id,
             reply.device_ids,
             dict.fromkeys(reply.device_ids, NotificationState.SENT),
+            title=title,
         )
         self.notifications[progress.notification_id] = progress
         for early in self._early_parts.pop(progress.notification_id, []):

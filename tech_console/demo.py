@@ -12,6 +12,8 @@ The agent runs with its Qt windows on Qt's ``offscreen`` platform and its autopi
 (it presses the prompt's button and answers the notification through its windows), and
 saves pictures of them in ``OUT/screenshots``: the incoming-call prompt, the call
 window (as a desktop window and as a tablet in portrait) and the notification pop-up.
+The console's main window follows its script offscreen too, and saves the inventory,
+the session (video and chat) and the notifications view there.
 
 The agent runs with its own home, data, config, cache and temp folders; after the
 session every file in them (and its log) is searched for the words of the
@@ -35,13 +37,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from tech_console.scripted import DEMO_MESSAGES, DEVICE_CONTROLS
+from tech_console.scripted import CONSOLE_SCREENSHOTS, DEMO_MESSAGES, DEVICE_CONTROLS
 
 DEVICE_REPLIES = ("Hi! It is the one on the second floor.", "It works now, thank you!")
 NOTIFICATION_ANSWER = "That is fine, thanks."
 
 #: The pictures the agent's windows save (``--screenshots``), each of them once.
-SCREENSHOTS = ("prompt.png", "call-window.png", "call-window-tablet.png", "notification.png")
+#: The device's windows (saved by the agent) and the console's (saved by the console).
+DEVICE_SCREENSHOTS = ("prompt.png", "call-window.png", "call-window-tablet.png", "notification.png")
+SCREENSHOTS = (*DEVICE_SCREENSHOTS, *CONSOLE_SCREENSHOTS)
 #: How long the demo waits for the pictures once the console's script is over.
 SCREENSHOT_WAIT_S = 20.0
 #: The autopilot's time to "read" the prompt before it presses the button (the prompt's
@@ -231,11 +235,14 @@ def _run_parts(
             str(len(DEVICE_REPLIES)),
             "--report",
             str(console_report),
+            "--screenshots",
+            str(screenshots),
         ),
         input=(password + "\n").encode(),
         stdout=log_file("console.log"),
         stderr=subprocess.STDOUT,
-        env=env,
+        # The console's main window follows the script offscreen and saves its pictures.
+        env={**env, "QT_QPA_PLATFORM": "offscreen"},
         timeout=timeout_s,
         check=False,
     )
@@ -461,8 +468,9 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if not args.headless:
         print(
-            "The console's windows are not built yet: playing the session scripted, with "
-            f"the device's windows offscreen (pictures in {args.out / 'screenshots'})."
+            "Playing the session scripted, with the device's and the console's windows "
+            f"offscreen (pictures in {args.out / 'screenshots'}). For the console itself: "
+            "livesupport console."
         )
     report = run(args.out)
     report_path = args.report or args.out / "report.json"

@@ -43,6 +43,12 @@ DEVICE_CONTROLS = (
     "phone_call",
     "phone_call_end",
 )
+#: The demo's pictures of the console's main window, in the order they are taken.
+CONSOLE_SCREENSHOTS = (
+    "console-inventory.png",
+    "console-session.png",
+    "console-notifications.png",
+)
 #: Audio levels (RMS of full scale) that tell the synthetic tone from silence.
 SOUND = 0.02
 SILENCE = 0.005

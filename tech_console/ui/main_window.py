@@ -41,7 +41,7 @@ from peer.ui.theme import TOUCH_TARGET_PX
 from protocol.enums import LiveSupportStatus, Mode
 from protocol.errors import ProtocolError
 from protocol.messages import DeviceInfo
-from tech_console.client import ConsoleClient
+from tech_console.client import FINAL, ConsoleClient, ConsoleSession
 from tech_console.console_model import (
     MODE_LABELS,
     ConsoleSettings,
@@ -350,6 +350,9 @@ class ConsoleWindow(QMainWindow):
         self.inventory.notify_requested.connect(self.open_compose)
         self._unsubscribe: list[Callable[[], None]] = []
         self._unsubscribe.append(client.link_listeners.add(lambda _s: self._show_connection()))
+        self._unsubscribe.append(client.session_listeners.add(self._on_session))
+        for session in list(client.sessions.values()):
+            self._on_session(session)
         self._show_connection()
 
     # -- sessions ---------------------------------------------------------------------
@@ -366,11 +369,19 @@ class ConsoleWindow(QMainWindow):
             return
         self.inventory.start_status.setText("")
         self.inventory.reason.clear()
+        panel = self.panels.get(session.session_id)
+        if panel is not None:
+            self.tabs.setCurrentWidget(panel)
+
+    def _on_session(self, session: ConsoleSession) -> None:
+        """Every open session of this technician gets a tab: one started here, one
+        still open after the console reconnected, one a script started."""
+        if session.session_id in self.panels or session.state in FINAL:
+            return
         model = SessionModel(self.client, session)
         panel = SessionPanel(model, self.settings.saved_replies)
         self.panels[session.session_id] = panel
-        index = self.tabs.addTab(panel, model.title)
-        self.tabs.setCurrentIndex(index)
+        self.tabs.addTab(panel, model.title)
         panel.unread_changed.connect(functools.partial(self._show_unread, panel))
         panel.close_requested.connect(functools.partial(self.ask_summary, panel))
         model.incoming.add(functools.partial(self._on_incoming, panel))
@@ -425,13 +436,13 @@ class ConsoleWindow(QMainWindow):
         dialog = ComposeDialog(
             self.client, self.inventory.selected_devices(), self.inventory.groups, self
         )
-        dialog.sent.connect(functools.partial(self._on_sent, title=dialog.title.text))
+        dialog.sent.connect(self._on_sent)
         self.compose = dialog
         dialog.open()
         return dialog
 
-    def _on_sent(self, notification_id: str, *, title: Callable[[], str]) -> None:
-        self.notifications.add(notification_id, title().strip())
+    def _on_sent(self, notification_id: str) -> None:
+        self.notifications.select(notification_id)
         self.tabs.setCurrentWidget(self.notifications)
 
     # -- the rest ---------------------------------------------------------------------

@@ -238,20 +238,23 @@ class NotificationsView(QWidget):
         splitter.setStretchFactor(1, 2)
         layout = QVBoxLayout(self)
         layout.addWidget(splitter)
-        self._titles: dict[str, str] = {}
         self.list.currentItemChanged.connect(lambda *_: self._show_current())
         self._unsubscribe = client.notification_listeners.add(self._on_progress)
-
-    def add(self, notification_id: str, title: str) -> None:
-        """A notification this console sent (the list shows its title and counts)."""
-        self._titles[notification_id] = title
-        item = QListWidgetItem(title)
-        item.setData(Qt.ItemDataRole.UserRole, notification_id)
-        self.list.insertItem(0, item)
-        self.list.setCurrentItem(item)
-        progress = self.client.notifications.get(notification_id)
-        if progress is not None:
+        for progress in client.notifications.values():
             self._on_progress(progress)
+
+    def select(self, notification_id: str) -> None:
+        item = self._item(notification_id)
+        if item is not None:
+            self.list.setCurrentItem(item)
+
+    def _add(self, progress: NotificationProgress) -> QListWidgetItem:
+        item = QListWidgetItem(progress.title)
+        item.setData(Qt.ItemDataRole.UserRole, progress.notification_id)
+        self.list.insertItem(0, item)
+        if self.list.currentItem() is None:
+            self.list.setCurrentItem(item)
+        return item
 
     def _item(self, notification_id: str) -> QListWidgetItem | None:
         for row in range(self.list.count()):
@@ -261,10 +264,8 @@ class NotificationsView(QWidget):
         return None
 
     def _on_progress(self, progress: NotificationProgress) -> None:
-        item = self._item(progress.notification_id)
-        if item is None:
-            return
-        title = self._titles.get(progress.notification_id, "")
+        item = self._item(progress.notification_id) or self._add(progress)
+        title = progress.title
         answered = sum(s is NotificationState.ANSWERED for s in progress.states.values())
         item.setText(f"{title} ({answered}/{len(progress.states)} answered)")
         if self.list.currentItem() is item:

@@ -1,0 +1,147 @@
+"""Logging in to a server: its address, its pinned certificate, the technician's name
+and password. Servers logged in to before are remembered (address, pin and user
+name; never the password)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QFormLayout,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from peer.signaling import RequestError
+from tech_console.client import ConsoleClient
+from tech_console.console_model import ConsoleSettings, KnownServer
+from tech_console.ui.session_window import plain
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_FORM = re.compile(r"^sha-256 ([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$")
+
+#: Makes the console client for an address and pin (tests pass their own backoff).
+ClientFactory = Callable[[str, str], ConsoleClient]
+
+
+def login_problem(address: str, fingerprint: str, username: str, password: str) -> str | None:
+    """What is missing or malformed, said for people (None: ready to try)."""
+    if not address.startswith("https://"):
+        return "The server address starts with https:// (for example https://support.example:8443)."
+    if not FINGERPRINT_FORM.match(fingerprint.strip()):
+        return (
+            "The certificate pin is the server's 'sha-256 AB:CD:…' fingerprint "
+            "(from `livesupport server fingerprint` or your administrator)."
+        )
+    if not username.strip():
+        return "Enter your user name."
+    if not password:
+        return "Enter your password."
+    return None
+
+
+class LoginDialog(QDialog):
+    """Emits ``logged_in(ConsoleClient)`` once the server accepted the technician."""
+
+    logged_in = Signal(object)
+
+    def __init__(
+        self,
+        settings: ConsoleSettings,
+        make_client: ClientFactory,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.settings = settings
+        self.make_client = make_client
+        self.setWindowTitle("Live Support console: log in")
+        self.setObjectName("loginDialog")
+        self.server = QComboBox(self)
+        self.server.setObjectName("server")
+        self.server.setEditable(True)
+        self.server.setAccessibleName("Server address")
+        for known in settings.servers:
+            self.server.addItem(known.address)
+        self.fingerprint = QLineEdit(self)
+        self.fingerprint.setObjectName("fingerprint")
+        self.fingerprint.setAccessibleName("Certificate pin")
+        self.fingerprint.setPlaceholderText("sha-256 AB:CD:…")
+        self.username = QLineEdit(self)
+        self.username.setObjectName("username")
+        self.username.setAccessibleName("User name")
+        self.password = QLineEdit(self)
+        self.password.setObjectName("password")
+        self.password.setAccessibleName("Password")
+        self.password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.status = plain(parent=self)
+        self.status.setObjectName("loginStatus")
+        self.status.setWordWrap(True)
+        self.login_button = QPushButton("Log in", self)
+        self.login_button.setObjectName("login")
+        self.login_button.setDefault(True)
+        self.login_button.clicked.connect(self.submit)
+        self.password.returnPressed.connect(self.submit)
+        form = QFormLayout()
+        form.addRow("Server", self.server)
+        form.addRow("Certificate pin", self.fingerprint)
+        form.addRow("User name", self.username)
+        form.addRow("Password", self.password)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.status)
+        layout.addWidget(self.login_button)
+        self.server.currentTextChanged.connect(self._fill_known)
+        self._fill_known(self.server.currentText())
+        self._task: asyncio.Task[None] | None = None
+
+    def _fill_known(self, address: str) -> None:
+        known = next((s for s in self.settings.servers if s.address == address), None)
+        if known is not None:
+            self.fingerprint.setText(known.fingerprint)
+            self.username.setText(known.username)
+
+    def prefill(self, address: str, fingerprint: str, username: str) -> None:
+        if address:
+            self.server.setEditText(address)
+        if fingerprint:
+            self.fingerprint.setText(fingerprint)
+        if username:
+            self.username.setText(username)
+
+    def submit(self) -> None:
+        address = self.server.currentText().strip().rstrip("/")
+        fingerprint = self.fingerprint.text().strip()
+        problem = login_problem(address, fingerprint, self.username.text(), self.password.text())
+        if problem:
+            self.status.setText(problem)
+            return
+        if self._task is not None and not self._task.done():
+            return
+        self.status.setText(f"Logging in to {address}…")
+        self.login_button.setEnabled(False)
+        self._task = asyncio.ensure_future(self._login(address, fingerprint))
+
+    async def _login(self, address: str, fingerprint: str) -> None:
+        client = self.make_client(address, fingerprint)
+        username = self.username.text().strip()
+        try:
+            await asyncio.wait_for(client.login(username, self.password.text()), 20)
+        except (RequestError, OSError, TimeoutError) as exc:
+            await client.close()
+            self.status.setText(f"Not logged in: {exc or type(exc).__name__}")
+            self.login_button.setEnabled(True)
+            return
+        self.password.clear()
+        self.settings = self.settings.remember(KnownServer(address, fingerprint, username))
+        self.status.setText("")
+        self.logged_in.emit(client)
+        self.accept()
