@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -605,7 +605,6 @@ class KnownServer:
 class ConsoleSettings:
     servers: tuple[KnownServer, ...] = ()
     saved_replies: tuple[str, ...] = DEFAULT_SAVED_REPLIES
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def remember(self, server: KnownServer) -> ConsoleSettings:
         """This server first (the login window preselects it), once."""

@@ -22,8 +22,9 @@ from peer.chat import DeliveryState
 from peer.ui.chat import check_marks
 from protocol.enums import CameraFacing, LiveSupportStatus, Mode, NotificationState, SessionState
 from tech_console.client import ConsoleClient
-from tech_console.console_model import SessionControl
+from tech_console.console_model import ConsoleSettings, KnownServer, SessionControl
 from tech_console.ui.inventory import Column
+from tech_console.ui.login import LoginDialog
 from tech_console.ui.main_window import ConsoleWindow
 from tech_console.ui.session_window import SessionPanel
 from tests.conftest import PASSWORD, Lab
@@ -290,3 +291,39 @@ async def test_a_notification_to_a_group_with_answers(console: Console, lab: Lab
     assert view.progress_model.index(0, 2).data() == "yes, <i>charging</i>"
     assert view.progress_model.counts()[NotificationState.ANSWERED] == 1
     assert "(1/1 answered)" in view.list.item(0).text()
+
+
+async def test_login_checks_the_form_and_remembers_the_server_not_the_password(
+    lab: Lab, qtbot: QtBot
+) -> None:
+    clients: list[ConsoleClient] = []
+
+    def make_client(address: str, pin: str) -> ConsoleClient:
+        clients.append(ConsoleClient(address, pin, backoff=FAST))
+        return clients[-1]
+
+    dialog = LoginDialog(ConsoleSettings(), make_client)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    logged_in: list[ConsoleClient] = []
+    dialog.logged_in.connect(logged_in.append)
+    dialog.prefill(lab.url, "sha-256 12:34", "tech")
+    click(dialog.login_button)
+    assert "certificate pin" in dialog.status.text()
+    dialog.fingerprint.setText(lab.fingerprint)
+    click(dialog.login_button)
+    assert dialog.status.text() == "Enter your password."
+    QTest.keyClicks(dialog.password, "wrong password")
+    click(dialog.login_button)
+    await until(lambda: dialog.status.text().startswith("Not logged in"))
+    assert dialog.login_button.isEnabled()
+    dialog.password.setText(PASSWORD)
+    QTest.keyClick(dialog.password, Qt.Key.Key_Return)
+    await until(lambda: bool(logged_in))
+    try:
+        assert logged_in[0].display_name == lab.tech.display_name
+        assert dialog.password.text() == ""
+        assert dialog.settings.servers == (KnownServer(lab.url, lab.fingerprint, "tech"),)
+    finally:
+        for client in clients:
+            await client.close()
