@@ -14,7 +14,7 @@ import enum
 import itertools
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,30 +77,45 @@ def ws_url(server: str) -> str:
     return server.rstrip("/").replace("https://", "wss://", 1) + "/ws"
 
 
-async def api_post(
+async def api_request(
+    method: str,
     server: str,
     fingerprint: str,
     path: str,
-    body: dict[str, Any],
     *,
+    body: dict[str, Any] | None = None,
+    params: Mapping[str, str] | None = None,
     token: str | None = None,
     timeout_s: float = 15.0,
 ) -> dict[str, Any]:
-    """POST JSON to the server's REST API over pinned TLS; RequestError on refusal."""
+    """One call to the server's REST API over pinned TLS: the JSON object it answers.
+
+    A refusal (an HTTP error, or a reply that is not a JSON object) raises
+    RequestError with the server's ``error`` code and ``message``; a server out of
+    reach raises it with ``unavailable``, a certificate off the pin with
+    ``pin_mismatch``.
+    """
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as http,
-            http.post(
-                server.rstrip("/") + path, json=body, headers=headers, ssl=pinned(fingerprint)
+            http.request(
+                method,
+                server.rstrip("/") + path,
+                json=body,
+                params=params,
+                headers=headers,
+                ssl=pinned(fingerprint),
             ) as response,
         ):
             try:
                 payload = await response.json()
             except (aiohttp.ContentTypeError, ValueError):
                 payload = {}
-            if response.status >= 400 or not isinstance(payload, dict):
+            if not isinstance(payload, dict):
+                raise RequestError(f"http_{response.status}", "the reply is not a JSON object")
+            if response.status >= 400:
                 raise RequestError(
                     str(payload.get("error", f"http_{response.status}")),
                     str(payload.get("message", response.reason)),
@@ -112,6 +127,36 @@ async def api_post(
         ) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise RequestError("unavailable", f"cannot reach {server}: {exc}") from None
+
+
+async def api_post(
+    server: str,
+    fingerprint: str,
+    path: str,
+    body: dict[str, Any],
+    *,
+    token: str | None = None,
+    timeout_s: float = 15.0,
+) -> dict[str, Any]:
+    """POST JSON to the server's REST API over pinned TLS; RequestError on refusal."""
+    return await api_request(
+        "POST", server, fingerprint, path, body=body, token=token, timeout_s=timeout_s
+    )
+
+
+async def api_get(
+    server: str,
+    fingerprint: str,
+    path: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    token: str | None = None,
+    timeout_s: float = 15.0,
+) -> dict[str, Any]:
+    """GET from the server's REST API over pinned TLS; RequestError on refusal."""
+    return await api_request(
+        "GET", server, fingerprint, path, params=params, token=token, timeout_s=timeout_s
+    )
 
 
 Authenticator = Callable[[AuthChallenge], Message]
