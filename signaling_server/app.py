@@ -1,6 +1,6 @@
 """The aiohttp application: REST for login and enrolment, one websocket for all.
 
-Routes (all under TLS):
+Routes (all under TLS; ``docs/rest-api.md`` describes the REST ones):
 
 * ``POST /api/v1/login``      technician password → bearer token
 * ``POST /api/v1/logout``     revoke the bearer token
@@ -8,6 +8,23 @@ Routes (all under TLS):
 * ``POST /api/v1/sessions/{id}/summary``  the technician's structured summary
 * ``GET  /api/v1/health``     liveness and a few counters
 * ``GET  /ws``                the signaling websocket (devices and consoles)
+
+The technician's profile, the audit views and administration
+(:mod:`signaling_server.rest_admin`):
+
+* ``GET  /api/v1/me``                              who the token belongs to
+* ``POST /api/v1/me/profile``                      own display name and photo
+* ``GET  /api/v1/audit/sessions``                  session history (metadata only)
+* ``GET  /api/v1/audit/notifications``             notifications and their progress
+* ``GET  /api/v1/admin/technicians``               list technicians
+* ``POST /api/v1/admin/technicians``               create one
+* ``POST /api/v1/admin/technicians/{id}``          role, groups, disabled, name
+* ``GET  /api/v1/admin/groups``                    device groups with device counts
+* ``POST /api/v1/admin/groups``                    create one
+* ``POST /api/v1/admin/groups/{id}/policy``        allowed modes, service on or off
+* ``POST /api/v1/admin/enrolment-tokens``          a one-time enrolment code
+* ``GET  /api/v1/admin/devices``                   every enrolled device
+* ``POST /api/v1/admin/devices/{id}/revoke``       revoke a device, at once
 """
 
 from __future__ import annotations
@@ -25,18 +42,19 @@ from protocol.codec import MAX_FRAME_BYTES
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.messages import SIGNALING, Error
 from protocol.permissions import Action, allows
+from signaling_server import rest_admin
+
+# Re-exported: tests and tools reach the store and the hub through these keys.
+from signaling_server.appkeys import CONFIG as CONFIG
+from signaling_server.appkeys import FINGERPRINT as FINGERPRINT
+from signaling_server.appkeys import HUB as HUB
+from signaling_server.appkeys import SOCKETS as SOCKETS
+from signaling_server.appkeys import STORE as STORE
 from signaling_server.config import ServerConfig
 from signaling_server.hub import Hub
 from signaling_server.store import Store, StoreError, Technician
 
 log = logging.getLogger(__name__)
-
-CONFIG = web.AppKey("config", ServerConfig)
-STORE = web.AppKey("store", Store)
-HUB = web.AppKey("hub", Hub)
-FINGERPRINT = web.AppKey("fingerprint", str)
-#: Open websockets, closed with GOING_AWAY on shutdown; handlers remove their own.
-SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])
 
 _SUMMARY_FIELDS = ("summary", "impact", "expected_vs_actual", "evidence", "next_owner")
 
@@ -277,7 +295,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(config: ServerConfig, store: Store, fingerprint: str) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(client_max_size=64 * 1024, middlewares=[rest_admin.json_errors])
     hub = Hub(store, config, fingerprint)
     app[CONFIG] = config
     app[STORE] = store
@@ -291,5 +309,6 @@ def make_app(config: ServerConfig, store: Store, fingerprint: str) -> web.Applic
     app.router.add_post("/api/v1/enrol", enrol)
     app.router.add_post("/api/v1/sessions/{session_id}/summary", session_summary)
     app.router.add_get("/api/v1/health", health)
+    rest_admin.add_routes(app)
     app.router.add_get("/ws", websocket)
     return app

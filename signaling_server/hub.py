@@ -492,8 +492,10 @@ class Hub:
     async def _fan_out_device(self, device_id: str) -> None:
         """Tell every subscribed console that can see this device how it is now."""
         device = await self.store.device(device_id)
-        if device is None:
-            return
+        if device is not None:
+            await self._fan_out(device)
+
+    async def _fan_out(self, device: Device) -> None:
         frame = SIGNALING.encode(DeviceUpdate(device=self._device_info(device)))
         for conns in self.consoles.values():
             for conn in conns:
@@ -525,18 +527,19 @@ class Hub:
         await self._fan_out_device(device.id)
 
     async def _on_subscribe(self, conn: Connection, msg: DevicesSubscribe) -> None:
+        conn.subscribed = True
+        await self._send_snapshot(conn, msg.rid)
+
+    async def _send_snapshot(self, conn: Connection, rid: int | None) -> None:
         tech = conn.technician
         assert tech is not None
         groups = None if tech.role is Role.ADMIN else sorted(tech.groups)
         devices = await self.store.devices(groups)
-        conn.subscribed = True
         infos = [self._device_info(d) for d in devices if not d.revoked]
         parts = _split(infos, wire_size)
         for index, part in enumerate(parts):
             complete = index == len(parts) - 1
-            await self.send(
-                conn, DevicesSnapshot(devices=tuple(part), complete=complete, rid=msg.rid)
-            )
+            await self.send(conn, DevicesSnapshot(devices=tuple(part), complete=complete, rid=rid))
 
     async def _on_unsubscribe(self, conn: Connection, msg: DevicesUnsubscribe) -> None:
         conn.subscribed = False
@@ -583,8 +586,18 @@ class Hub:
         await self._to_device(session, message)
 
     async def _on_session_start(self, conn: Connection, msg: SessionStart) -> None:
-        tech = conn.technician
-        assert tech is not None
+        assert conn.technician is not None
+        # Read afresh, not as of the login: the invite's card shows the name and photo
+        # the technician has now, and a role or scope changed elsewhere (another
+        # node, the admin CLI) applies to this session already.
+        tech = await self.store.technician(conn.technician.id)
+        if tech is None:
+            raise LocalProtocolError(
+                ErrorCode.UNAUTHENTICATED,
+                "this account is disabled",
+                close_code=CloseCode.AUTH_FAILED,
+            )
+        conn.technician, conn.role = tech, tech.role
         device = await self.store.device(msg.device_id)
         if device is None or device.revoked:
             raise LocalProtocolError(ErrorCode.NOT_FOUND, f"no device {msg.device_id!r}")
@@ -1026,6 +1039,56 @@ class Hub:
         conn = self.devices_online.get(device_id)
         if conn is not None:
             await conn.transport.close(CloseCode.REVOKED, "device revoked")
+
+    async def technician_changed(self, technician_id: str) -> None:
+        """An admin changed a technician's account: it applies to their live
+        connections at once.
+
+        A disabled account has its consoles closed and its sessions ended (an invite
+        withdrawn, a call closed): the device user must not stay in a call with
+        someone who no longer has access. Otherwise each connection takes the new
+        role, scope and name, and a subscribed console gets a fresh snapshot, so
+        devices newly in scope appear (devices that left the scope get no more
+        updates and refuse every action; the console drops them on its next
+        subscribe).
+        """
+        tech = await self.store.technician(technician_id)
+        conns = list(self.consoles.get(technician_id, ()))
+        if tech is None:
+            for session in list(self.sessions.values()):
+                if session.technician.id == technician_id:
+                    reason = (
+                        CloseReason.CANCELLED
+                        if session.machine.state is SessionState.INVITED
+                        else CloseReason.TECHNICIAN_LOST
+                    )
+                    await self._end_session(session, reason, Party.SERVER)
+            for conn in conns:
+                await conn.transport.close(CloseCode.AUTH_FAILED, "account disabled")
+            return
+        for conn in conns:
+            conn.technician, conn.role = tech, tech.role
+            if conn.subscribed:
+                await self._send_snapshot(conn, None)
+
+    async def group_policy_changed(self, group_id: str) -> None:
+        """A group's policy changed: its devices and the consoles that see them hear
+        of it at once. Live Support switched off by policy ends a session in the
+        group, as switching the service off on the device does; a narrower set of
+        modes applies to the next session, a running one goes on."""
+        for device in await self.store.devices([group_id]):
+            if device.revoked:
+                continue
+            conn = self.devices_online.get(device.id)
+            if conn is not None:
+                conn.device = device
+            session = self._session_of_device(device.id)
+            if session is not None and not device.policy_enabled:
+                # _end_session tells the device and the consoles itself.
+                await self._end_session(session, CloseReason.SERVICE_DISABLED, Party.SERVER)
+                continue
+            await self._send_device_status(device.id)
+            await self._fan_out(device)
 
     async def token_revoked(self, token: str) -> None:
         """A logout ends every connection that authenticated with that token."""

@@ -29,6 +29,8 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    delete,
+    func,
     select,
     update,
 )
@@ -226,6 +228,8 @@ class Technician:
     role: Role
     photo: str
     groups: frozenset[str]
+    #: A disabled technician cannot log in; only the admin listing shows them.
+    disabled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +248,7 @@ class Device:
     chat_services: tuple[Mode, ...]
     policy_enabled: bool
     policy_modes: tuple[Mode, ...]
+    enrolled_at_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +259,46 @@ class Group:
     service_enabled: bool
 
 
+@dataclass(frozen=True, slots=True)
+class SessionHistory:
+    """A session's metadata with the names an audit view shows beside it."""
+
+    session: SessionRow
+    #: The technician's and the device's names today (empty if they are gone).
+    technician_name: str
+    device_name: str
+    device_public_key: str
+    group_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationTargetHistory:
+    """How far one device got with a notification; never the answer's text."""
+
+    device_id: str
+    device_name: str
+    group_id: str
+    state: NotificationState
+    updated_at_ms: int
+    answered: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationHistory:
+    notification: NotificationRow
+    targets: tuple[NotificationTargetHistory, ...]
+
+
 class StoreError(Exception):
     """A request the store refuses (unknown name, used token...), said for people."""
+
+
+class NotFound(StoreError):
+    """The named group, technician or device does not exist."""
+
+
+class Conflict(StoreError):
+    """The request clashes with what exists (a name that is taken)."""
 
 
 def _modes(text: str) -> tuple[Mode, ...]:
@@ -294,7 +337,7 @@ class Store:
     ) -> Group:
         async with self.tx() as db:
             if await db.scalar(select(DeviceGroupRow).where(DeviceGroupRow.name == name)):
-                raise StoreError(f"a device group named {name!r} exists already")
+                raise Conflict(f"a device group named {name!r} exists already")
             row = DeviceGroupRow(
                 id=new_id("grp"),
                 name=name,
@@ -324,6 +367,22 @@ class Store:
             rows = (await db.scalars(select(DeviceGroupRow).order_by(DeviceGroupRow.name))).all()
         return [self._group(r) for r in rows]
 
+    async def group(self, id_or_name: str) -> Group:
+        """The group with this id or name; NotFound if there is none."""
+        async with self.tx() as db:
+            return self._group(await self._group_row(db, id_or_name))
+
+    async def device_counts(self) -> dict[str, int]:
+        """Enrolled devices per group id, revoked ones not counted."""
+        query = (
+            select(DeviceRow.group_id, func.count())
+            .where(DeviceRow.revoked.is_(False))
+            .group_by(DeviceRow.group_id)
+        )
+        async with self.tx() as db:
+            rows = (await db.execute(query)).all()
+        return {str(group_id): int(count) for group_id, count in rows}
+
     async def _group_row(self, db: AsyncSession, id_or_name: str) -> DeviceGroupRow:
         row = await db.scalar(
             select(DeviceGroupRow).where(
@@ -331,7 +390,7 @@ class Store:
             )
         )
         if row is None:
-            raise StoreError(f"no device group {id_or_name!r}")
+            raise NotFound(f"no device group {id_or_name!r}")
         return row
 
     @staticmethod
@@ -359,7 +418,7 @@ class Store:
         password_hash = await asyncio.to_thread(hash_password, password)
         async with self.tx() as db:
             if await db.scalar(select(TechnicianRow).where(TechnicianRow.username == username)):
-                raise StoreError(f"a technician named {username!r} exists already")
+                raise Conflict(f"a technician named {username!r} exists already")
             row = TechnicianRow(
                 id=new_id("tech"),
                 username=username,
@@ -378,12 +437,64 @@ class Store:
             row.id, username, display_name, organisation, role, photo, frozenset(group_ids)
         )
 
-    async def technician(self, technician_id: str) -> Technician | None:
+    async def technician(
+        self, technician_id: str, *, include_disabled: bool = False
+    ) -> Technician | None:
         async with self.tx() as db:
             row = await db.get(TechnicianRow, technician_id)
-            if row is None or row.disabled:
+            if row is None or (row.disabled and not include_disabled):
                 return None
             return await self._technician(db, row)
+
+    async def update_technician(
+        self,
+        technician_id: str,
+        *,
+        display_name: str | None = None,
+        photo: str | None = None,
+        role: Role | None = None,
+        groups: Sequence[str] | None = None,
+        disabled: bool | None = None,
+    ) -> Technician:
+        """Change what is given, in one transaction; ``groups`` (ids or names) replaces
+        the technician's scope. NotFound for an unknown technician or group."""
+        if role is Role.DEVICE:
+            raise StoreError("a technician cannot have the device role")
+        async with self.tx() as db:
+            row = await db.get(TechnicianRow, technician_id)
+            if row is None:
+                raise NotFound(f"no technician {technician_id!r}")
+            if display_name is not None:
+                row.display_name = display_name
+            if photo is not None:
+                row.photo = photo
+            if role is not None:
+                row.role = role.value
+            if disabled is not None:
+                row.disabled = disabled
+            if groups is not None:
+                group_ids = {(await self._group_row(db, g)).id for g in groups}
+                await db.execute(
+                    delete(TechnicianGroupRow).where(
+                        TechnicianGroupRow.technician_id == technician_id
+                    )
+                )
+                db.add_all(
+                    TechnicianGroupRow(technician_id=technician_id, group_id=gid)
+                    for gid in sorted(group_ids)
+                )
+            await db.flush()
+            return await self._technician(db, row)
+
+    async def revoke_technician_tokens(self, technician_id: str) -> None:
+        """End every bearer token of a technician (they were disabled): re-enabling
+        the account later must not bring old tokens back to life."""
+        async with self.tx() as db:
+            await db.execute(
+                update(AuthTokenRow)
+                .where(AuthTokenRow.technician_id == technician_id)
+                .values(revoked=True)
+            )
 
     async def technicians(self) -> list[Technician]:
         async with self.tx() as db:
@@ -402,6 +513,7 @@ class Store:
             Role(row.role),
             row.photo,
             frozenset(groups.all()),
+            row.disabled,
         )
 
     async def login(self, username: str, password: str, *, ttl_s: int) -> tuple[str, Technician]:
@@ -446,6 +558,15 @@ class Store:
     # -- enrolment and devices ------------------------------------------------------
 
     async def issue_enrolment_token(self, group: str, *, created_by: str, ttl_s: int) -> str:
+        token, _, _ = await self.issue_enrolment(group, created_by=created_by, ttl_s=ttl_s)
+        return token
+
+    async def issue_enrolment(
+        self, group: str, *, created_by: str, ttl_s: int
+    ) -> tuple[str, str, int]:
+        """A one-time enrolment token for ``group`` (id or name): the token, the
+        group's id and when the token expires (ms)."""
+        expires_at_ms = now_ms() + ttl_s * 1000
         async with self.tx() as db:
             group_row = await self._group_row(db, group)
             token = secrets.token_urlsafe(24)
@@ -454,10 +575,10 @@ class Store:
                     token_hash=token_hash(token),
                     group_id=group_row.id,
                     created_by=created_by,
-                    expires_at_ms=now_ms() + ttl_s * 1000,
+                    expires_at_ms=expires_at_ms,
                 )
             )
-        return token
+        return token, group_row.id, expires_at_ms
 
     async def enrol_device(
         self, token: str, *, public_key: str, name: str, model: str, os: str
@@ -521,6 +642,7 @@ class Store:
             chat_services=_modes(row.chat_services),
             policy_enabled=group.service_enabled,
             policy_modes=_modes(group.allowed_modes),
+            enrolled_at_ms=row.enrolled_at_ms,
         )
 
     async def device(self, device_id: str) -> Device | None:
@@ -585,7 +707,7 @@ class Store:
                 update(DeviceRow).where(DeviceRow.id == device_id).values(revoked=True)
             )
             if not getattr(result, "rowcount", 0):
-                raise StoreError(f"no device {device_id!r}")
+                raise NotFound(f"no device {device_id!r}")
 
     # -- sessions (metadata only) ---------------------------------------------------
 
@@ -605,6 +727,48 @@ class Store:
         async with self.tx() as db:
             query = select(SessionRow).order_by(SessionRow.created_at_ms.desc()).limit(limit)
             return list((await db.scalars(query)).all())
+
+    async def session_history(
+        self,
+        *,
+        limit: int,
+        groups: Sequence[str] | None = None,
+        technician_id: str | None = None,
+        device_id: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> list[SessionHistory]:
+        """Sessions, newest first, started in [since_ms, until_ms], of devices in
+        ``groups`` (ids; None: every group), with the names an audit view shows."""
+        query = (
+            select(
+                SessionRow,
+                TechnicianRow.display_name,
+                DeviceRow.name,
+                DeviceRow.public_key,
+                DeviceRow.group_id,
+            )
+            .outerjoin(TechnicianRow, TechnicianRow.id == SessionRow.technician_id)
+            .outerjoin(DeviceRow, DeviceRow.id == SessionRow.device_id)
+            .order_by(SessionRow.created_at_ms.desc(), SessionRow.id)
+            .limit(limit)
+        )
+        if groups is not None:
+            query = query.where(DeviceRow.group_id.in_(list(groups)))
+        if technician_id is not None:
+            query = query.where(SessionRow.technician_id == technician_id)
+        if device_id is not None:
+            query = query.where(SessionRow.device_id == device_id)
+        if since_ms is not None:
+            query = query.where(SessionRow.created_at_ms >= since_ms)
+        if until_ms is not None:
+            query = query.where(SessionRow.created_at_ms <= until_ms)
+        async with self.tx() as db:
+            rows = (await db.execute(query)).all()
+        return [
+            SessionHistory(session, tech_name or "", device_name or "", key or "", group or "")
+            for session, tech_name, device_name, key, group in rows
+        ]
 
     # -- notifications --------------------------------------------------------------
 
@@ -686,6 +850,63 @@ class Store:
                 .values(**values)
             )
         return at
+
+    async def notification_history(
+        self,
+        *,
+        limit: int,
+        groups: Sequence[str] | None = None,
+        technician_id: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> list[NotificationHistory]:
+        """Notifications, newest first, sent in [since_ms, until_ms]. With ``groups``
+        (ids), only those that reached a device of these groups, and only the targets
+        in them: a scoped reader learns nothing of devices outside their groups."""
+        in_groups = DeviceRow.group_id.in_(list(groups or ()))
+        query = (
+            select(NotificationRow)
+            .order_by(NotificationRow.sent_at_ms.desc(), NotificationRow.id)
+            .limit(limit)
+        )
+        if groups is not None:
+            query = query.where(
+                select(NotificationTargetRow.device_id)
+                .join(DeviceRow, DeviceRow.id == NotificationTargetRow.device_id)
+                .where(NotificationTargetRow.notification_id == NotificationRow.id, in_groups)
+                .exists()
+            )
+        if technician_id is not None:
+            query = query.where(NotificationRow.technician_id == technician_id)
+        if since_ms is not None:
+            query = query.where(NotificationRow.sent_at_ms >= since_ms)
+        if until_ms is not None:
+            query = query.where(NotificationRow.sent_at_ms <= until_ms)
+        async with self.tx() as db:
+            notes = list((await db.scalars(query)).all())
+            targets_query = (
+                select(NotificationTargetRow, DeviceRow.name, DeviceRow.group_id)
+                .outerjoin(DeviceRow, DeviceRow.id == NotificationTargetRow.device_id)
+                .where(NotificationTargetRow.notification_id.in_([n.id for n in notes]))
+                .order_by(NotificationTargetRow.device_id)
+            )
+            if groups is not None:
+                targets_query = targets_query.where(in_groups)
+            target_rows = (await db.execute(targets_query)).all()
+        targets: dict[str, list[NotificationTargetHistory]] = {}
+        for target, device_name, group_id in target_rows:
+            state = NotificationState(target.state)
+            targets.setdefault(target.notification_id, []).append(
+                NotificationTargetHistory(
+                    device_id=target.device_id,
+                    device_name=device_name or "",
+                    group_id=group_id or "",
+                    state=state,
+                    updated_at_ms=target.updated_at_ms,
+                    answered=state is NotificationState.ANSWERED or target.answer is not None,
+                )
+            )
+        return [NotificationHistory(n, tuple(targets.get(n.id, ()))) for n in notes]
 
     # -- audit ----------------------------------------------------------------------
 
