@@ -638,6 +638,9 @@ class Hub:
             reason=msg.reason,
             created_at_ms=now_ms(),
         )
+        # Made before the session is registered: an invite that could not be sent
+        # must not leave a session behind that the device never heard of.
+        invite = self._invite(session)
         self.sessions[session.id] = session
         self.device_sessions[device.id] = session.id
         await self.store.record_session(
@@ -663,23 +666,35 @@ class Hub:
             self.config.invite_timeout_s, self._invite_timed_out, session
         )
         await self.send(conn, self._update(session, rid=msg.rid))
-        await self._to_device(session, self._invite(session))
+        await self._to_device(session, invite)
 
     def _invite(self, session: LiveSession) -> SessionInvite:
         tech = session.technician
-        return SessionInvite(
+        card = TechnicianCard(
+            technician_id=tech.id,
+            display_name=tech.display_name,
+            organisation=tech.organisation,
+            photo=tech.photo,
+        )
+        invite = SessionInvite(
             session_id=session.id,
-            technician=TechnicianCard(
-                technician_id=tech.id,
-                display_name=tech.display_name,
-                organisation=tech.organisation,
-                photo=tech.photo,
-            ),
+            technician=card,
             mode=session.mode,
             offered_modes=session.offered_modes,
             reason=session.reason,
             expires_at_ms=session.created_at_ms + int(self.config.invite_timeout_s * 1000),
         )
+        try:
+            SIGNALING.encode(invite)
+        except LocalProtocolError:
+            if not card.photo:
+                raise
+            # A photo the invite has no room for (stored by the admin CLI, or before
+            # the profile route limited it) must not keep the technician from calling
+            # anyone: the card goes without it.
+            log.warning("technician %s: photo too large for an invite, sent without", tech.id)
+            invite = dataclasses.replace(invite, technician=dataclasses.replace(card, photo=""))
+        return invite
 
     async def _move(self, session: LiveSession, event: SessionEvent, by: Party) -> None:
         session.machine.handle(event, by)

@@ -25,10 +25,11 @@ from typing import Any
 from aiohttp import web
 
 from protocol import identity
+from protocol.codec import MAX_FRAME_BYTES
 from protocol.enrolment import BadEnrolmentCode, EnrolmentCode
 from protocol.enums import Mode, Role
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import SIGNALING, SessionConsent
+from protocol.messages import SIGNALING, SessionConsent, SessionInvite, TechnicianCard
 from protocol.permissions import UNSCOPED_ROLES, Action, allows
 from signaling_server.appkeys import CONFIG, FINGERPRINT, HUB, STORE
 from signaling_server.store import (
@@ -49,8 +50,30 @@ log = logging.getLogger(__name__)
 BODY_LIMIT = 16 * 1024
 #: The profile carries a photo: 48 KiB of image is 64 KiB of base64, plus the name.
 PROFILE_BODY_LIMIT = 80 * 1024
-#: Largest photo, in bytes of image (what a ``TechnicianCard`` may carry).
-PHOTO_LIMIT = 48 * 1024
+
+
+def _photo_budget() -> int:
+    """The largest photo (bytes of image) a ``session.invite`` frame can carry with
+    every other field at its longest. The card's own field allows 48 KiB of image,
+    but that alone fills the 64 KiB frame: a technician with such a photo could not
+    start a session at all."""
+    widest = "\U0001f600"  # four bytes of UTF-8, the most a character takes
+    invite = SessionInvite(
+        session_id="s" * 64,
+        technician=TechnicianCard(
+            technician_id="t" * 64, display_name=widest * 128, organisation=widest * 128
+        ),
+        mode=Mode.VIDEO,
+        offered_modes=tuple(Mode),
+        reason=widest * 500,
+        expires_at_ms=2**53 - 1,
+    )
+    overhead = len(SIGNALING.encode(invite).encode("utf-8"))
+    return (MAX_FRAME_BYTES - overhead) // 4 * 3
+
+
+#: Largest photo, in bytes of image: 48 KiB, or less if the invite has no room.
+PHOTO_LIMIT = min(48 * 1024, _photo_budget())
 #: Rows an audit view returns when not told, and at most.
 DEFAULT_LIMIT, MAX_LIMIT = 200, 1000
 #: Lifetimes an enrolment token may be issued with: one minute to one week.
@@ -263,20 +286,20 @@ def checked_text(name: str, value: str, *, min_len: int, max_len: int) -> str:
 
 
 def checked_photo(value: Any) -> str:
-    """A base64 PNG or JPEG of at most 48 KiB, known by its first bytes, in the
+    """A base64 PNG or JPEG of at most PHOTO_LIMIT bytes, known by its first bytes, in the
     canonical base64 a ``TechnicianCard`` carries; empty (no photo) is fine."""
     if not isinstance(value, str):
         raise invalid("photo: must be base64 text")
     if not value:
         return ""
     if len(value) > (PHOTO_LIMIT + 2) // 3 * 4 + 4:
-        raise ApiError(400, ErrorCode.TOO_LARGE, f"photo: at most {PHOTO_LIMIT // 1024} KiB")
+        raise ApiError(400, ErrorCode.TOO_LARGE, f"photo: at most {PHOTO_LIMIT} bytes")
     try:
         image = base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise invalid("photo: not valid base64") from None
     if len(image) > PHOTO_LIMIT:
-        raise ApiError(400, ErrorCode.TOO_LARGE, f"photo: at most {PHOTO_LIMIT // 1024} KiB")
+        raise ApiError(400, ErrorCode.TOO_LARGE, f"photo: at most {PHOTO_LIMIT} bytes")
     if not (image.startswith(_PNG_MAGIC) or image.startswith(_JPEG_MAGIC)):
         raise invalid("photo: must be a PNG or JPEG image")
     return base64.b64encode(image).decode("ascii")

@@ -419,7 +419,8 @@ class AdminApi:
         self, *, display_name: str | None = None, photo: bytes | None = None
     ) -> Profile:
         """Change the name and/or photo device users see on the next invite. ``photo``
-        is PNG or JPEG bytes (at most 48 KiB); b"" removes it; None leaves it."""
+        is PNG or JPEG bytes (at most 46,620: what fits in an invite); b"" removes
+        it; None leaves it."""
         body: dict[str, Any] = {}
         if display_name is not None:
             body["display_name"] = display_name

@@ -56,6 +56,8 @@ from protocol.messages import (
     SessionUpdate,
     SignalSdp,
 )
+from signaling_server.rest_admin import PHOTO_LIMIT
+from signaling_server.store import TechnicianRow
 from tech_console.admin_api import (
     NOTIFICATION_COLUMNS,
     SESSION_COLUMNS,
@@ -203,11 +205,53 @@ async def test_a_new_name_and_photo_reach_the_next_invite(lab: Lab) -> None:
     ]
 
 
+async def test_the_largest_photo_fits_in_an_invite(lab: Lab) -> None:
+    """The photo limit leaves room for the rest of the invite: with the longest name,
+    organisation and reason there are, the invite still reaches the device."""
+    widest = "\U0001f600"
+    largest = PNG + bytes(PHOTO_LIMIT - len(PNG))
+    token = await login(lab, "tech")
+    admin = AdminApi(lab.url, lab.fingerprint, token)
+    await refused(admin.update_profile(photo=largest + b"\x00"), ErrorCode.TOO_LARGE)
+    assert (await admin.update_profile(display_name=widest * 128, photo=largest)).photo == largest
+    # The profile route cannot set the organisation: straight into the store.
+    async with lab.store.tx() as db:
+        row = await db.get(TechnicianRow, lab.tech.id)
+        assert row is not None
+        row.organisation = widest * 128
+    async with clients(lab) as c:
+        device = await enrol(lab)
+        device_wire = await c.device(device)
+        console = await c.raw()
+        await console.auth_technician(token)
+        await console.ok(
+            SessionStart(device_id=device.device_id, mode=Mode.VIDEO, reason=widest * 500)
+        )
+        invite = await device_wire.expect(SessionInvite)
+        assert base64.b64decode(invite.technician.photo) == largest
+        assert invite.technician.organisation == widest * 128
+
+
+async def test_a_photo_too_large_for_an_invite_is_left_out_of_it(lab: Lab) -> None:
+    """A photo stored past the limit (by the admin CLI, or before the limit) does not
+    keep the technician from calling: the card goes without it."""
+    oversized = base64.b64encode(PNG + bytes(48 * 1024 - len(PNG))).decode()
+    await lab.store.update_technician(lab.tech.id, photo=oversized)
+    async with clients(lab) as c:
+        device = await enrol(lab)
+        device_wire = await c.device(device)
+        console = await c.console("tech")
+        await console.ok(SessionStart(device_id=device.device_id, mode=Mode.TEXT, reason="x"))
+        invite = await device_wire.expect(SessionInvite)
+        assert (invite.technician.display_name, invite.technician.photo) == ("Tech", "")
+
+
 @pytest.mark.parametrize(
     ("body", "code"),
     [
         ({"photo": base64.b64encode(b"GIF89a" + bytes(100)).decode()}, "invalid_field"),
         ({"photo": base64.b64encode(PNG + bytes(48 * 1024)).decode()}, "too_large"),
+        ({"photo": base64.b64encode(PNG + bytes(PHOTO_LIMIT)).decode()}, "too_large"),
         ({"photo": "not base64!"}, "invalid_field"),
         ({"photo": 7}, "invalid_field"),
         ({"display_name": ""}, "invalid_field"),
@@ -631,9 +675,10 @@ async def test_a_revoked_device_is_disconnected_and_stays_out(lab: Lab) -> None:
     await until(lambda: device.device_id not in hub_of(lab.server).devices_online)
     listed = {d.device_id: d for d in await admin.devices()}
     assert (listed[device.device_id].revoked, listed[device.device_id].online) == (True, False)
+    assert (await admin.revoke_device(device.device_id)).revoked  # twice is harmless
     await refused(admin.revoke_device("dev-missing"), ErrorCode.NOT_FOUND)
     audit = [r for r in await lab.store.audit_rows() if r.action == "device.revoke"]
-    assert [(r.actor, r.target) for r in audit] == [(lab.admin.id, device.device_id)]
+    assert [(r.actor, r.target) for r in audit] == [(lab.admin.id, device.device_id)] * 2
 
 
 # --- audit: sessions ------------------------------------------------------------------------
