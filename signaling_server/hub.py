@@ -1082,8 +1082,14 @@ class Hub:
                 await conn.transport.close(CloseCode.AUTH_FAILED, "account disabled")
             return
         for conn in conns:
+            before = conn.technician
             conn.technician, conn.role = tech, tech.role
-            if conn.subscribed:
+            scope_changed = before is None or (before.role, before.groups) != (
+                tech.role,
+                tech.groups,
+            )
+            # A new name or photo needs no snapshot (an inventory may be large).
+            if conn.subscribed and scope_changed:
                 await self._send_snapshot(conn, None)
 
     async def group_policy_changed(self, group_id: str) -> None:

@@ -169,6 +169,7 @@ async def test_a_new_name_and_photo_reach_the_next_invite(lab: Lab) -> None:
         # The console logged in (and its socket authenticated) before the change.
         console = await c.raw()
         await console.auth_technician(token)
+        await console.ok(DevicesSubscribe())
         first = await console.ok(
             SessionStart(device_id=device.device_id, mode=Mode.TEXT, reason="INC-1")
         )
@@ -181,6 +182,9 @@ async def test_a_new_name_and_photo_reach_the_next_invite(lab: Lab) -> None:
             display_name="  Ada Lovelace  ", photo=PNG
         )
         assert (profile.display_name, profile.photo) == ("Ada Lovelace", PNG)
+        # A new name is no new scope: the console's inventory is not sent again.
+        await console.round_trip()
+        assert not console.pending(DevicesSnapshot)
 
         second = await console.ok(
             SessionStart(device_id=device.device_id, mode=Mode.TEXT, reason="INC-1")
