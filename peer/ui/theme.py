@@ -117,6 +117,7 @@ def contrast_ratio(fg_hex: str, bg_hex: str) -> float:
     lighter, darker = sorted((relative_luminance(fg_hex), relative_luminance(bg_hex)), reverse=True)
     return (lighter + 0.05) / (darker + 0.05)
 
+
 #: The four Live Support statuses as badges (white text on each: >= 4.5:1), the same
 #: on the device and in the console. Keyed by the status's wire value.
 STATUS_COLOURS = {

@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from PySide6.QtCore import QItemSelectionModel, Qt, Signal
-from PySide6.QtGui import QCloseEvent
+from PySide6.QtGui import QAction, QCloseEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
@@ -41,6 +41,7 @@ from peer.ui.theme import TOUCH_TARGET_PX
 from protocol.enums import LiveSupportStatus, Mode
 from protocol.errors import ProtocolError
 from protocol.messages import DeviceInfo
+from tech_console.admin_api import AdminApi
 from tech_console.client import FINAL, ConsoleClient, ConsoleSession
 from tech_console.console_model import (
     MODE_LABELS,
@@ -52,6 +53,7 @@ from tech_console.console_model import (
 )
 from tech_console.ui.inventory import Column, InventoryModel, InventoryProxy
 from tech_console.ui.notifications import ComposeDialog, NotificationsView
+from tech_console.ui.profile import ProfileDialog
 from tech_console.ui.session_window import SessionPanel, SummaryDialog, plain
 
 log = logging.getLogger(__name__)
@@ -332,6 +334,21 @@ class ConsoleWindow(QMainWindow):
                 index, self.tabs.tabBar().ButtonPosition.RightSide, None
             )
         self.setCentralWidget(self.tabs)
+        #: The REST side of the console (profile, history, administration).
+        self.api = (
+            AdminApi(client.server, client.fingerprint, client.token)
+            if client.token is not None
+            else None
+        )
+        self.profile_dialog: ProfileDialog | None = None
+        account = self.menuBar().addMenu("&Account")
+        profile_action = QAction("&Profile…", self)
+        profile_action.triggered.connect(self.open_profile)
+        profile_action.setEnabled(self.api is not None)
+        account.addAction(profile_action)
+        logout_action = QAction("&Log out", self)
+        logout_action.triggered.connect(self.close)
+        account.addAction(logout_action)
         self.connection_label = QLabel(self)
         self.statusBar().addPermanentWidget(self.connection_label)
 
@@ -444,6 +461,15 @@ class ConsoleWindow(QMainWindow):
     def _on_sent(self, notification_id: str) -> None:
         self.notifications.select(notification_id)
         self.tabs.setCurrentWidget(self.notifications)
+
+    def open_profile(self) -> ProfileDialog | None:
+        if self.api is None:
+            return None
+        if self.profile_dialog is None:
+            self.profile_dialog = ProfileDialog(self.api, self)
+        self.profile_dialog.open()
+        self.profile_dialog.load()
+        return self.profile_dialog
 
     # -- the rest ---------------------------------------------------------------------
 

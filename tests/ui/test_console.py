@@ -4,13 +4,15 @@ real device agent; the device's session runs in this process (see
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QBuffer, QIODevice, Qt
+from PySide6.QtGui import QColor, QImage
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QPushButton
 from pytestqt.qtbot import QtBot
@@ -327,3 +329,34 @@ async def test_login_checks_the_form_and_remembers_the_server_not_the_password(
     finally:
         for client in clients:
             await client.close()
+
+
+def png(colour: str) -> bytes:
+    image = QImage(32, 32, QImage.Format.Format_RGB32)
+    image.fill(QColor(colour))
+    buffer = QBuffer()
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    image.save(buffer, b"PNG")
+    return bytes(buffer.data().data())
+
+
+async def test_the_profile_is_what_the_device_user_sees_next(console: Console) -> None:
+    window, pair = console.window, console.pair
+    dialog = window.open_profile()
+    assert dialog is not None
+    await until(lambda: dialog.save_button.isEnabled())
+    assert dialog.display_name.text() == pair.console.display_name
+    dialog.display_name.setText("Dana from IT")
+    dialog.set_photo(b"not an image")
+    click(dialog.save_button)
+    await until(lambda: dialog.status.text().startswith("Not saved"))
+    photo = png("#2e7d32")
+    dialog.set_photo(photo)
+    click(dialog.save_button)
+    await until(lambda: dialog.status.text().startswith("Saved"))
+    session = await pair.console.start_session(pair.device_id, Mode.TEXT, "profile check")
+    invite = await pair.answers.get()
+    assert invite.technician.display_name == "Dana from IT"
+    assert base64.b64decode(invite.technician.photo) == photo
+    await pair.console.wait_session(session, [SessionState.IN_CALL], timeout_s=20)
+    await pair.console.close_session(session.session_id)
