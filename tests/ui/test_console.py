@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QBuffer, QIODevice, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QImage
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QPushButton
@@ -331,16 +331,17 @@ async def test_login_checks_the_form_and_remembers_the_server_not_the_password(
             await client.close()
 
 
-def png(colour: str) -> bytes:
+def png(colour: str, folder: Path) -> bytes:
     image = QImage(32, 32, QImage.Format.Format_RGB32)
     image.fill(QColor(colour))
-    buffer = QBuffer()
-    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
-    image.save(buffer, b"PNG")
-    return bytes(buffer.data().data())
+    path = folder / "photo.png"
+    assert image.save(str(path))  # the format from the name
+    return path.read_bytes()
 
 
-async def test_the_profile_is_what_the_device_user_sees_next(console: Console) -> None:
+async def test_the_profile_is_what_the_device_user_sees_next(
+    console: Console, tmp_path: Path
+) -> None:
     window, pair = console.window, console.pair
     dialog = window.open_profile()
     assert dialog is not None
@@ -350,7 +351,7 @@ async def test_the_profile_is_what_the_device_user_sees_next(console: Console) -
     dialog.set_photo(b"not an image")
     click(dialog.save_button)
     await until(lambda: dialog.status.text().startswith("Not saved"))
-    photo = png("#2e7d32")
+    photo = png("#2e7d32", tmp_path)
     dialog.set_photo(photo)
     click(dialog.save_button)
     await until(lambda: dialog.status.text().startswith("Saved"))
