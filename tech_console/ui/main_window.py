@@ -41,6 +41,7 @@ from peer.ui.theme import TOUCH_TARGET_PX
 from protocol.enums import LiveSupportStatus, Mode
 from protocol.errors import ProtocolError
 from protocol.messages import DeviceInfo
+from protocol.permissions import Action, allows
 from tech_console.admin_api import AdminApi
 from tech_console.client import FINAL, ConsoleClient, ConsoleSession
 from tech_console.console_model import (
@@ -51,6 +52,8 @@ from tech_console.console_model import (
     last_seen_text,
     start_blocker,
 )
+from tech_console.ui.admin import AdminView
+from tech_console.ui.history import HistoryView
 from tech_console.ui.inventory import Column, InventoryModel, InventoryProxy
 from tech_console.ui.notifications import ComposeDialog, NotificationsView
 from tech_console.ui.profile import ProfileDialog
@@ -306,8 +309,6 @@ class ConsoleWindow(QMainWindow):
         self,
         client: ConsoleClient,
         settings: ConsoleSettings | None = None,
-        *,
-        extra_tabs: dict[str, QWidget] | None = None,
     ) -> None:
         super().__init__()
         self.client = client
@@ -325,14 +326,7 @@ class ConsoleWindow(QMainWindow):
         self.notifications = NotificationsView(client, self)
         self.tabs.addTab(self.inventory, "Devices")
         self.tabs.addTab(self.notifications, "Notifications")
-        for title, widget in (extra_tabs or {}).items():
-            self.tabs.addTab(widget, title)
         self._fixed_tabs = self.tabs.count()
-        for index in range(self._fixed_tabs):
-            # The fixed tabs have no close button.
-            self.tabs.tabBar().setTabButton(
-                index, self.tabs.tabBar().ButtonPosition.RightSide, None
-            )
         self.setCentralWidget(self.tabs)
         #: The REST side of the console (profile, history, administration).
         self.api = (
@@ -341,6 +335,27 @@ class ConsoleWindow(QMainWindow):
             else None
         )
         self.profile_dialog: ProfileDialog | None = None
+        # History for whoever may start sessions (their own) or view the audit (their
+        # scope); administration for admins. The server enforces the same.
+        my_role = client.role
+        self.history: HistoryView | None = None
+        self.admin: AdminView | None = None
+        self._history_loaded = self._admin_loaded = False
+        if self.api is not None and my_role is not None:
+            audit = allows(my_role, Action.VIEW_AUDIT)
+            if audit or allows(my_role, Action.START_SESSION):
+                self.history = HistoryView(self.api, mine=not audit)
+                self.tabs.insertTab(self._fixed_tabs, self.history, "History")
+                self._fixed_tabs += 1
+            if allows(my_role, Action.MANAGE_TECHNICIANS):
+                self.admin = AdminView(self.api)
+                self.tabs.insertTab(self._fixed_tabs, self.admin, "Administration")
+                self._fixed_tabs += 1
+            self.tabs.currentChanged.connect(self._on_tab)
+        bar = self.tabs.tabBar()
+        for index in range(self._fixed_tabs):
+            # Only sessions' tabs close; the others have no close button.
+            bar.setTabButton(index, bar.ButtonPosition.RightSide, None)
         account = self.menuBar().addMenu("&Account")
         profile_action = QAction("&Profile…", self)
         profile_action.triggered.connect(self.open_profile)
@@ -462,6 +477,16 @@ class ConsoleWindow(QMainWindow):
         self.notifications.select(notification_id)
         self.tabs.setCurrentWidget(self.notifications)
 
+    def _on_tab(self, _index: int) -> None:
+        # Loaded when first looked at, then on Refresh: the audit can be long.
+        current = self.tabs.currentWidget()
+        if current is self.history and self.history is not None and not self._history_loaded:
+            self._history_loaded = True
+            self.history.refresh()
+        if current is self.admin and self.admin is not None and not self._admin_loaded:
+            self._admin_loaded = True
+            self.admin.refresh()
+
     def open_profile(self) -> ProfileDialog | None:
         if self.api is None:
             return None
@@ -494,6 +519,9 @@ class ConsoleWindow(QMainWindow):
             panel.dispose()
         self.inventory.dispose()
         self.notifications.dispose()
+        for view in (self.history, self.admin):
+            if view is not None:
+                view.dispose()
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         if self.tray is not None:

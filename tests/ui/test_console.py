@@ -58,11 +58,13 @@ async def console(lab: Lab, tmp_path: Path, qtbot: QtBot) -> AsyncIterator[Conso
         lab, tmp_path, host_factory=in_process_hosts(device_sessions.append)
     ) as pair:
         pair.console.media_options = MediaOptions(width=320, height=240)
+        # Closed here, not by pytest-qt: closing is part of what is tested (it logs the
+        # window's listeners off the client) and must happen before the client closes.
         window = ConsoleWindow(pair.console)
-        qtbot.addWidget(window)
         window.show()
         yield Console(pair, window, device_sessions)
         window.close()
+        window.deleteLater()
 
 
 def click(button: QPushButton) -> None:
@@ -361,3 +363,31 @@ async def test_the_profile_is_what_the_device_user_sees_next(
     assert base64.b64decode(invite.technician.photo) == photo
     await pair.console.wait_session(session, [SessionState.IN_CALL], timeout_s=20)
     await pair.console.close_session(session.session_id)
+
+
+async def test_the_tabs_follow_the_role(lab: Lab, console: Console, qtbot: QtBot) -> None:
+    def titles(window: ConsoleWindow) -> list[str]:
+        return [window.tabs.tabText(i) for i in range(window.tabs.count())]
+
+    assert titles(console.window) == ["Devices", "Notifications", "History"]
+    assert console.window.history is not None
+    for user, expected in (
+        ("admin", ["Devices", "Notifications", "History", "Administration"]),
+        ("viewer", ["Devices", "Notifications"]),
+    ):
+        client = ConsoleClient(lab.url, lab.fingerprint, backoff=FAST)
+        await client.login(user, PASSWORD)
+        try:
+            window = ConsoleWindow(client)
+            assert titles(window) == expected
+            admin = window.admin
+            if admin is not None:
+                # Loaded when first shown.
+                window.tabs.setCurrentWidget(admin)
+                assert admin.runner.task is not None
+                await admin.runner.task
+                assert admin.technician_model.rowCount() > 0
+            window.close()
+            window.deleteLater()
+        finally:
+            await client.close()
