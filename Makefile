@@ -52,15 +52,18 @@ demo: setup
 demo-headless: setup
 	$(BIN)/livesupport demo --headless --out $(DEMO_DIR) --report $(DEMO_DIR)/report.json
 
-# Benchmarks (not part of `make test`): encoder settings, then calls end to end.
+# Benchmarks (not part of `make test`): encoder settings, then calls end to end, then
+# the console's inventory with 5,000 devices (its window offscreen).
 # Each prints a table beside its floor and writes JSON under build/bench/.
 bench: setup
 	$(BIN)/python -m bench.encoders
 	$(BIN)/python -m bench.calls
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m bench.inventory
 
 bench-quick: setup
 	$(BIN)/python -m bench.encoders --quick
 	$(BIN)/python -m bench.calls --quick
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m bench.inventory --live 200 --loads 1
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
