@@ -32,9 +32,6 @@ from protocol.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
-#: The remote picture is converted to at most this size for the view.
-REMOTE_VIDEO_BOX = (1280, 720)
-
 
 class CallControl(StrEnum):
     """The buttons of the call window, in the order shown."""
@@ -397,15 +394,9 @@ class CallWindowModel:
         self.changed.fire(None)
 
     def _hook_video(self) -> None:
-        """Route the call's pictures to the view once its tracks exist."""
         media = self.session.media
-        if media is None:
-            return
-        if media.video_in is not None and media.video_in.on_display is None:
-            media.video_in.display_size = REMOTE_VIDEO_BOX
-            media.video_in.on_display = self.remote_frames.fire
-        if media.video_track is not None and media.video_track.preview.on_display is None:
-            media.video_track.preview.on_display = self.local_frames.fire
+        if media is not None:
+            media.route_display(self.remote_frames.fire, self.local_frames.fire)
 
     def _run(self, control: Control, argument: str = "") -> None:
         self._spawn(lambda: self.session.control(control, argument))

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from peer.chat import Listeners
 from peer.devices import DeviceKind, MediaDevice
 from peer.media import (
     AudioReceiver,
+    DisplayFrame,
     LocalAudioTrack,
     LocalVideoTrack,
     MediaDevices,
@@ -46,6 +48,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VIDEO_CODECS = ("VP8", "H264")
+
+
+#: The peer's picture is converted to at most this size for a view.
+DISPLAY_BOX = (1280, 720)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -149,6 +155,21 @@ class CallMedia:
             return None
         o = self.options
         return self.devices.open_camera(self.camera, width=o.width, height=o.height, fps=o.fps)
+
+    def route_display(
+        self,
+        remote: Callable[[DisplayFrame], None],
+        local: Callable[[DisplayFrame], None],
+        box: tuple[int, int] = DISPLAY_BOX,
+    ) -> None:
+        """Send the peer's picture (scaled to fit ``box``) and our own camera's preview
+        to a view, once their tracks exist; a track already routed is left alone. Both
+        call windows call this on every change, as tracks come after the call starts."""
+        if self.video_in is not None and self.video_in.on_display is None:
+            self.video_in.display_size = box
+            self.video_in.on_display = remote
+        if self.video_track is not None and self.video_track.preview.on_display is None:
+            self.video_track.preview.on_display = local
 
     def attach_remote(self, track: MediaStreamTrack) -> None:
         """A track from the peer (aiortc's "track" event): receive and decode it."""

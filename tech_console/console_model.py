@@ -33,9 +33,6 @@ from tech_console.client import FINAL, ConsoleClient, ConsoleSession
 
 log = logging.getLogger(__name__)
 
-#: The device's picture is converted to at most this size for the view.
-REMOTE_VIDEO_BOX = (1280, 720)
-
 MODE_LABELS = {Mode.TEXT: "Text", Mode.VOICE: "Voice", Mode.VIDEO: "Video"}
 
 
@@ -562,13 +559,8 @@ class SessionModel:
 
     def _hook_video(self) -> None:
         media = self.session.media
-        if media is None:
-            return
-        if media.video_in is not None and media.video_in.on_display is None:
-            media.video_in.display_size = REMOTE_VIDEO_BOX
-            media.video_in.on_display = self.remote_frames.fire
-        if media.video_track is not None and media.video_track.preview.on_display is None:
-            media.video_track.preview.on_display = self.local_frames.fire
+        if media is not None:
+            media.route_display(self.remote_frames.fire, self.local_frames.fire)
 
     def _fail(self, message: str) -> None:
         self.error = message
