@@ -361,7 +361,7 @@ async def _lab(folder: Path, n: int, live: int) -> None:
     from signaling_server.config import ServerConfig
     from signaling_server.server import RunningServer
 
-    config = ServerConfig(host="127.0.0.1", port=0, data_dir=folder / "server")
+    config = ServerConfig(host="127.0.0.1", port=0, data_dir=folder / "server", advertise=False)
     server = await RunningServer(config).start()
     assert server.app is not None
     password = secrets.token_urlsafe(16)  # a fresh one per run, handed over on stdout

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -29,8 +30,9 @@ from typing import Any
 from device_agent.agent import DeviceAgent, enrol
 from device_agent.session_host import process_alive
 from device_agent.state import AgentState, default_state_dir
+from peer.discovery import discover, pick
 from peer.signaling import RequestError
-from protocol.enrolment import BadEnrolmentCode
+from protocol.enrolment import BadEnrolmentCode, EnrolmentCode
 from protocol.enums import AudioInterruption, Mode
 from protocol.messages import NotifyDeliver, SessionInvite
 
@@ -103,6 +105,12 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--state", type=Path, default=None, help="state folder")
     parser.add_argument("--enrol", metavar="CODE", help="enrol with this one-time code first")
     parser.add_argument("--name", help="device name shown to technicians")
+    parser.add_argument(
+        "--discover",
+        action="store_true",
+        help="find the server on the LAN (zeroconf) when its address changed; the pinned "
+        "certificate still decides whom the agent trusts",
+    )
     parser.add_argument("--headless", action="store_true", help="run without a display")
     parser.add_argument(
         "--accept",
@@ -176,10 +184,36 @@ def has_display() -> bool:
     return bool(env.get("QT_QPA_PLATFORM") or env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
 
 
+async def locate_server(pin: str, known: str) -> str:
+    """The address of the server holding ``pin`` on the LAN, else ``known``.
+
+    Discovery only proposes an address: every connection to it is checked against the
+    pin, so a forged advertisement ends in a refused connection, never in trust."""
+    found = pick(await discover(want_fingerprint=pin), pin)
+    if found is None:
+        print(
+            f"livesupport agent: no server with our pin on the LAN; using {known}", file=sys.stderr
+        )
+        return known
+    if found.url != known:
+        print(f"livesupport agent: found our server at {found.url} ({found.name})", file=sys.stderr)
+    return found.url
+
+
 async def _run(state: AgentState, args: argparse.Namespace, *, qt: bool) -> int:
     if args.enrol:
-        device = await enrol(state, args.enrol, name=args.name)
+        code_text = args.enrol
+        if args.discover:
+            code = EnrolmentCode.parse(code_text)
+            server = await locate_server(code.fingerprint, code.server)
+            code_text = dataclasses.replace(code, server=server).encode()
+        device = await enrol(state, code_text, name=args.name)
         print(f"enrolled as {device.device_id} with {device.server}", file=sys.stderr)
+    elif args.discover and state.enrolled:
+        device, _key = state.load()
+        server = await locate_server(device.fingerprint, device.server)
+        if server != device.server:
+            state.save_identity(dataclasses.replace(device, server=server))
     if not state.enrolled:
         print("livesupport agent: not enrolled: pass --enrol CODE", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from protocol.enrolment import EnrolmentCode
 from protocol.enums import Mode, Role
-from signaling_server import tls
+from signaling_server import tls, turn
 from signaling_server.config import ServerConfig
 from signaling_server.server import serve
 from signaling_server.store import Store, StoreError
@@ -41,10 +41,43 @@ def server_main(argv: Sequence[str]) -> int:
     parser.add_argument("--invite-timeout", type=float, default=30.0, metavar="SECONDS")
     parser.add_argument("--grace", type=float, default=60.0, metavar="SECONDS")
     parser.add_argument("--ready-file", type=Path, help="write url and fingerprint here (JSON)")
+    parser.add_argument(
+        "--no-advertise", action="store_true", help="do not announce the server with zeroconf"
+    )
+    parser.add_argument("--name", default="", help="name advertised on the LAN and shown")
+    parser.add_argument(
+        "--turn-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="TURN server for relayed calls, e.g. turn:turn.example.org:3478?transport=udp "
+        "(repeatable; see docs/turn.md)",
+    )
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument("--turn-secret", help="coturn's static-auth-secret (visible in ps)")
+    secret.add_argument(
+        "--turn-secret-file", type=Path, help="file holding coturn's static-auth-secret"
+    )
+    parser.add_argument(
+        "--turn-ttl",
+        type=int,
+        default=turn.DEFAULT_TTL_S,
+        metavar="SECONDS",
+        help="life of a minted TURN credential: the longest relayed call (default 2 h)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if (args.cert is None) != (args.key is None):
         parser.error("--cert and --key go together")
+    turn_secret = args.turn_secret or ""
+    try:
+        if args.turn_secret_file is not None:
+            turn_secret = turn.read_secret(args.turn_secret_file)
+        if args.turn_url or turn_secret:
+            # Checked here, so that a bad setting stops the start with a clear message.
+            turn.TurnSettings(tuple(args.turn_url), turn_secret, args.turn_ttl)
+    except (OSError, turn.TurnConfigError) as exc:
+        parser.error(f"TURN: {exc}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -58,6 +91,11 @@ def server_main(argv: Sequence[str]) -> int:
         key_path=args.key,
         invite_timeout_s=args.invite_timeout,
         grace_s=args.grace,
+        advertise=not args.no_advertise,
+        name=args.name,
+        turn_urls=tuple(args.turn_url),
+        turn_secret=turn_secret,
+        turn_ttl_s=args.turn_ttl,
     )
     asyncio.run(serve(config, ready_file=args.ready_file))
     return 0
@@ -76,6 +114,9 @@ def _admin_parser() -> argparse.ArgumentParser:
     group.add_argument("name")
     group.add_argument("--modes", type=_modes, default=tuple(Mode), help="e.g. text,voice")
     group.add_argument("--disabled", action="store_true", help="Live Support off by policy")
+    group.add_argument(
+        "--relay-only", action="store_true", help="calls relayed by TURN only (docs/turn.md)"
+    )
 
     policy = sub.add_parser("group-policy", help="change a group's chat-service policy")
     policy.add_argument("group")
@@ -83,6 +124,12 @@ def _admin_parser() -> argparse.ArgumentParser:
     state = policy.add_mutually_exclusive_group()
     state.add_argument("--enable", action="store_true")
     state.add_argument("--disable", action="store_true")
+    policy.add_argument(
+        "--relay-only",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="calls relayed by TURN only, or not (docs/turn.md)",
+    )
 
     sub.add_parser("groups", help="list device groups")
 
@@ -139,17 +186,22 @@ async def _admin(args: argparse.Namespace) -> object:
 
 
 async def _group_add(store: Store, args: argparse.Namespace) -> object:
-    group = await store.create_group(args.name, allowed_modes=args.modes, enabled=not args.disabled)
-    return {"group_id": group.id, "name": group.name}
+    group = await store.create_group(
+        args.name, allowed_modes=args.modes, enabled=not args.disabled, relay_only=args.relay_only
+    )
+    return {"group_id": group.id, "name": group.name, "relay_only": group.relay_only}
 
 
 async def _group_policy(store: Store, args: argparse.Namespace) -> object:
     enabled = True if args.enable else False if args.disable else None
-    group = await store.set_group_policy(args.group, allowed_modes=args.modes, enabled=enabled)
+    group = await store.set_group_policy(
+        args.group, allowed_modes=args.modes, enabled=enabled, relay_only=args.relay_only
+    )
     return {
         "group_id": group.id,
         "modes": [m.value for m in group.allowed_modes],
         "enabled": group.service_enabled,
+        "relay_only": group.relay_only,
     }
 
 
@@ -160,6 +212,7 @@ async def _groups(store: Store) -> object:
             "name": g.name,
             "modes": [m.value for m in g.allowed_modes],
             "enabled": g.service_enabled,
+            "relay_only": g.relay_only,
         }
         for g in await store.groups()
     ]

@@ -29,7 +29,23 @@ class ServerConfig:
     #: Refusals in a row after which an abusive connection is closed.
     max_rate_violations: int = 200
     technician_token_ttl_s: int = 12 * 3600
+    #: Announce the server on the LAN with zeroconf (an address for clients, never trust).
+    advertise: bool = True
+    #: The name the server is advertised and shown under (default: "Live Support on <host>").
+    name: str = ""
     enrolment_token_ttl_s: int = 24 * 3600
+    #: Failed logins (signaling_server.login_guard): wrong passwords allowed in a row,
+    #: then a lock per account and per address doubling from base to cap.
+    login_free_failures: int = 3
+    login_backoff_base_s: float = 1.0
+    login_backoff_cap_s: float = 300.0
+    #: TURN server urls ("turn:host:3478?transport=udp"); none: calls are never relayed.
+    turn_urls: tuple[str, ...] = ()
+    #: The secret shared with coturn (``static-auth-secret``): the server mints each
+    #: call end a credential from it (signaling_server.turn); it never leaves the server.
+    turn_secret: str = field(default="", repr=False)
+    #: How long a minted TURN credential lives: the longest relayed call (see turn.py).
+    turn_ttl_s: int = 2 * 3600
 
     @property
     def database_url(self) -> str:

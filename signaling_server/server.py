@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from aiohttp import web
 from signaling_server import tls
 from signaling_server.app import make_app
 from signaling_server.config import ServerConfig
+from signaling_server.discovery import Advertiser
 from signaling_server.store import Store
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ class RunningServer:
         self.fingerprint = ""
         self.port = 0
         self.app: web.Application | None = None
+        self.advertiser: Advertiser | None = None
 
     async def start(self) -> RunningServer:
         config = self.config
@@ -57,12 +60,23 @@ class RunningServer:
         host = config.host if ":" not in config.host else f"[{config.host}]"
         self.url = f"https://{host}:{self.port}"
         self.fingerprint = identity.fingerprint
+        if config.advertise:
+            self.advertiser = Advertiser(
+                name=config.name or f"Live Support on {socket.gethostname()}",
+                host=config.host,
+                port=self.port,
+                fingerprint=self.fingerprint,
+            )
+            await self.advertiser.start()
         return self
 
     def describe(self) -> dict[str, Any]:
         return {"url": self.url, "port": self.port, "fingerprint": self.fingerprint}
 
     async def stop(self) -> None:
+        if self.advertiser is not None:
+            await self.advertiser.stop()
+            self.advertiser = None
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None

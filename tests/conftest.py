@@ -63,6 +63,7 @@ def lab_config(tmp_path: Path, **overrides: object) -> ServerConfig:
         invite_timeout_s=5.0,
         grace_s=2.0,
         heartbeat_s=5.0,
+        advertise=False,  # zeroconf is tested on its own (tests/signaling_server/test_discovery.py)
     )
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
