@@ -2,7 +2,8 @@
 
 Routes (all under TLS; ``docs/rest-api.md`` describes the REST ones):
 
-* ``POST /api/v1/login``      technician password → bearer token
+* ``POST /api/v1/login``      technician password → bearer token (429 + Retry-After
+                              while failed logins lock the name or address)
 * ``POST /api/v1/logout``     revoke the bearer token
 * ``POST /api/v1/enrol``      one-time enrolment token + device public key → device id
 * ``POST /api/v1/sessions/{id}/summary``  the technician's structured summary
@@ -48,10 +49,12 @@ from signaling_server import rest_admin
 from signaling_server.appkeys import CONFIG as CONFIG
 from signaling_server.appkeys import FINGERPRINT as FINGERPRINT
 from signaling_server.appkeys import HUB as HUB
+from signaling_server.appkeys import LOGIN_GUARD as LOGIN_GUARD
 from signaling_server.appkeys import SOCKETS as SOCKETS
 from signaling_server.appkeys import STORE as STORE
 from signaling_server.config import ServerConfig
 from signaling_server.hub import Hub
+from signaling_server.login_guard import LoginGuard
 from signaling_server.store import Store, StoreError, Technician
 
 log = logging.getLogger(__name__)
@@ -123,13 +126,34 @@ async def login(request: web.Request) -> web.Response:
     body = await _json_body(request, "username", "password")
     store = request.app[STORE]
     config = request.app[CONFIG]
+    guard = request.app[LOGIN_GUARD]
+    address = request.remote or "?"
+    # Asked before the password is hashed: a locked name or address costs no scrypt,
+    # and the answer comes at once instead of a sleep holding the connection.
+    wait_s = guard.retry_after(body["username"], address)
+    if wait_s > 0:
+        response = _json_error(
+            429, ErrorCode.RATE_LIMITED, "too many failed logins: try again later"
+        )
+        response.headers["Retry-After"] = guard.retry_after_header(wait_s)
+        return response
     try:
         token, tech = await store.login(
             body["username"], body["password"], ttl_s=config.technician_token_ttl_s
         )
     except StoreError as exc:
         await store.audit(body["username"][:64], "login", outcome="failed")
+        for lockout in guard.failed(body["username"], address):
+            await store.audit(
+                body["username"][:64],
+                "login.lockout",
+                target=lockout.key[:128],
+                failures=lockout.failures,
+                seconds=lockout.seconds,
+                address=address,
+            )
         return _json_error(401, ErrorCode.UNAUTHENTICATED, str(exc))
+    guard.succeeded(body["username"], address)
     await store.audit(tech.id, "login")
     return web.json_response(
         {
@@ -183,12 +207,28 @@ async def enrol(request: web.Request) -> web.Response:
 
 async def session_summary(request: web.Request) -> web.Response:
     _, tech = await _bearer(request)
-    if not allows(tech.role, Action.WRITE_SUMMARY):
-        return _json_error(403, ErrorCode.FORBIDDEN, "your role may not write summaries")
     session_id = request.match_info["session_id"]
     store = request.app[STORE]
+    if not allows(tech.role, Action.WRITE_SUMMARY):
+        await store.audit(
+            tech.id,
+            "session.summary",
+            target=session_id[:64],
+            outcome=ErrorCode.FORBIDDEN.value,
+            role=tech.role.value,
+        )
+        return _json_error(403, ErrorCode.FORBIDDEN, "your role may not write summaries")
     row = await store.session(session_id)
     if row is None or row.technician_id != tech.id:
+        if row is not None:
+            # Someone else's session: refused as if it did not exist, but recorded.
+            await store.audit(
+                tech.id,
+                "session.summary",
+                target=session_id,
+                outcome=ErrorCode.NOT_FOUND.value,
+                role=tech.role.value,
+            )
         return _json_error(404, ErrorCode.NOT_FOUND, "no such session of yours")
     if row.closed_at_ms is None:
         return _json_error(409, ErrorCode.BAD_STATE, "close the session first")
@@ -285,6 +325,8 @@ async def _close_sockets(app: web.Application) -> None:
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    # Before the site listens: a member that reconnects at once finds its session.
+    await app[HUB].restore_sessions()
     sweeper = asyncio.create_task(_sweep_revocations(app[HUB]), name="revocation-sweep")
     yield
     sweeper.cancel()
@@ -301,6 +343,11 @@ def make_app(config: ServerConfig, store: Store, fingerprint: str) -> web.Applic
     app[STORE] = store
     app[HUB] = hub
     app[FINGERPRINT] = fingerprint
+    app[LOGIN_GUARD] = LoginGuard(
+        base_s=config.login_backoff_base_s,
+        cap_s=config.login_backoff_cap_s,
+        free_failures=config.login_free_failures,
+    )
     app[SOCKETS] = set()
     app.on_shutdown.append(_close_sockets)
     app.cleanup_ctx.append(_lifecycle)

@@ -35,7 +35,13 @@ from protocol.enums import (
     SessionState,
     derive_status,
 )
-from protocol.errors import CloseCode, ErrorCode, LocalProtocolError, ProtocolError
+from protocol.errors import (
+    CloseCode,
+    ErrorCode,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from protocol.messages import (
     SIGNALING,
     AuthChallenge,
@@ -49,6 +55,7 @@ from protocol.messages import (
     DevicesSubscribe,
     DeviceStatus,
     DevicesUnsubscribe,
+    IceServer,
     DeviceUpdate,
     Error,
     NotifyAck,
@@ -59,6 +66,7 @@ from protocol.messages import (
     NotifyUpdate,
     Ok,
     SessionAccept,
+    SessionAttach,
     SessionClose,
     SessionConsent,
     SessionInvite,
@@ -72,7 +80,8 @@ from protocol.messages import (
     TechnicianCard,
 )
 from protocol.permissions import REQUIRED_ACTION, authorize, in_scope
-from protocol.session import Party, SessionEvent, SessionMachine
+from protocol.session import FINAL_STATES, Party, SessionEvent, SessionMachine
+from signaling_server import turn
 from signaling_server.config import ServerConfig
 from signaling_server.store import (
     Device,
@@ -84,6 +93,7 @@ from signaling_server.store import (
     now_ms,
     token_hash,
 )
+from signaling_server.turn import TurnSettings
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +158,8 @@ class Connection:
     subscribed: bool = False
     #: SHA-256 of the bearer token a console authenticated with (to end it on logout).
     token_hash: str = ""
+    #: Ends a console's socket when its bearer token runs out.
+    token_expiry: asyncio.TimerHandle | None = None
     violations: int = 0
     closed: bool = False
 
@@ -212,6 +224,7 @@ class Hub:
             SessionReject: self._on_session_reject,
             SessionConsent: self._on_session_consent,
             SessionResume: self._on_session_resume,
+            SessionAttach: self._on_session_attach,
             SessionClose: self._on_session_close,
             CallConnected: self._on_call_connected,
             CallHangup: self._on_call_hangup,
@@ -222,6 +235,12 @@ class Hub:
             NotifyAnswer: self._on_notify_answer,
         }
         self.metrics: dict[str, int] = {"frames_in": 0, "frames_refused": 0, "frames_out": 0}
+        #: Where calls are relayed, and the secret credentials are minted from.
+        self.turn: TurnSettings | None = (
+            TurnSettings(config.turn_urls, config.turn_secret, config.turn_ttl_s)
+            if config.turn_urls
+            else None
+        )
 
     # -- connection lifecycle -------------------------------------------------------
 
@@ -242,6 +261,8 @@ class Hub:
 
     async def disconnect(self, conn: Connection) -> None:
         conn.closed = True
+        if conn.token_expiry is not None:
+            conn.token_expiry.cancel()
         self.connections.discard(conn)
         if conn.role is Role.DEVICE and conn.device is not None:
             device_id = conn.device.id
@@ -283,7 +304,22 @@ class Hub:
 
     async def send(self, conn: Connection, message: Message) -> None:
         if not conn.closed:
+            if isinstance(message, SessionUpdate) and message.state is SessionState.CONNECTING:
+                message = await self._with_ice(conn, message)
             await self._send_encoded(conn, SIGNALING.encode(message))
+
+    async def _with_ice(self, conn: Connection, update: SessionUpdate) -> SessionUpdate:
+        """A ``connecting`` update asks its receiver to build a peer connection: it
+        carries that member's own TURN credential, minted now (every update, so a
+        resumed or re-sent call never gets an expired one), and the group's
+        relay-only policy as it stands now (a change applies from the next call)."""
+        device = await self.store.device(update.device_id)
+        relay_only = device is not None and device.relay_only
+        servers: tuple[IceServer, ...] = ()
+        if self.turn is not None:
+            who = f"{update.session_id}.{conn.party.value}"
+            servers = (turn.mint(self.turn, who),)
+        return dataclasses.replace(update, ice_servers=servers, relay_only=relay_only)
 
     async def _send_encoded(self, conn: Connection, frame: str) -> None:
         """Send a frame encoded once for many receivers (a fan-out)."""
@@ -316,7 +352,12 @@ class Hub:
         # refusal of a malformed request to the request it sent.
         rid: int | None = peek_rid(frame)
         try:
-            message = SIGNALING.decode(frame, conn.sender)
+            try:
+                message = SIGNALING.decode(frame, conn.sender)
+            except RemoteProtocolError as refusal:
+                if conn.role is not None and refusal.code is ErrorCode.UNKNOWN_TYPE:
+                    await self._audit_wrong_sender(conn, frame, refusal)
+                raise
             rid = message.rid
             if conn.role is None:
                 await self._authenticate(conn, message)
@@ -331,7 +372,14 @@ class Hub:
             except ProtocolError as denial:
                 await self._audit_denial(conn, message, denial)
                 raise
-            await self._handlers[type(message)](conn, message)
+            try:
+                await self._handlers[type(message)](conn, message)
+            except ProtocolError as refusal:
+                # NOT_FOUND keeps other people's sessions and notifications secret
+                # from the sender, but an attempt on one that exists is a denial.
+                if refusal.code is ErrorCode.NOT_FOUND and await self._targets_exist(message):
+                    await self._audit_denial(conn, message, refusal)
+                raise
         except ProtocolError as error:
             if error.close_code is not None:
                 await self._refuse(conn, error, rid)
@@ -350,7 +398,11 @@ class Hub:
     async def _audit_denial(
         self, conn: Connection, message: Message, denial: ProtocolError
     ) -> None:
-        target = getattr(message, "device_id", "") or getattr(message, "session_id", "")
+        target = (
+            getattr(message, "device_id", "")
+            or _session_id_of(message)
+            or getattr(message, "notification_id", "")
+        )
         await self._store_call(
             self.store.audit(
                 conn.principal_id,
@@ -360,6 +412,30 @@ class Hub:
                 role=conn.role.value if conn.role else None,
             )
         )
+
+    async def _targets_exist(self, message: Message) -> bool:
+        """Whether the session or notification a request names exists (someone's)."""
+        session_id = _session_id_of(message)
+        if session_id:
+            return session_id in self.sessions or await self.store.session(session_id) is not None
+        notification_id = getattr(message, "notification_id", "")
+        if isinstance(notification_id, str) and notification_id:
+            return await self.store.notification_exists(notification_id)
+        return False
+
+    async def _audit_wrong_sender(
+        self, conn: Connection, frame: str | bytes, refusal: ProtocolError
+    ) -> None:
+        """A well-formed request of a type this kind of client may not send (a device's
+        ``session.start``, a console's ``session.accept``) is a permission denial like
+        any other and is audited as one. The codec refuses it before the permission
+        table is read, so it is decoded again here, without the sender check; frames
+        that do not decode at all are garbage, not attempts, and are not recorded."""
+        try:
+            attempted = SIGNALING.decode(frame)
+        except ProtocolError:
+            return
+        await self._audit_denial(conn, attempted, refusal)
 
     async def _store_call(self, awaitable: Awaitable[Any]) -> Any:
         """Store writes whose failure must not take the connection down with it."""
@@ -421,6 +497,16 @@ class Hub:
             conn.principal_id = tech.id
             conn.technician = tech
             conn.token_hash = token_hash(message.token)
+            expires_at_ms = await self.store.token_expires_at_ms(message.token)
+            if expires_at_ms is not None:
+                # A token's lifetime bounds the socket opened with it, not only the
+                # REST calls: an expired console must log in again.
+                conn.token_expiry = self._later(
+                    max(0.0, (expires_at_ms - now_ms()) / 1000),
+                    conn.transport.close,
+                    CloseCode.AUTH_FAILED,
+                    "token expired",
+                )
             conn.nonce = ""
             self.consoles.setdefault(tech.id, set()).add(conn)
             for session in self.sessions.values():
@@ -582,8 +668,11 @@ class Hub:
             await self.send(conn, message)
 
     async def _broadcast(self, session: LiveSession, message: Message) -> None:
-        await self._to_technician(session, message)
+        # The device first: a ``connecting`` update hands it its ICE servers, which
+        # must be there before the technician's offer (sent as soon as the console
+        # has its own update) reaches it.
         await self._to_device(session, message)
+        await self._to_technician(session, message)
 
     async def _on_session_start(self, conn: Connection, msg: SessionStart) -> None:
         assert conn.technician is not None
@@ -627,6 +716,13 @@ class Hub:
             raise LocalProtocolError(
                 ErrorCode.FORBIDDEN, f"{msg.mode.value} sessions are not allowed on this device"
             )
+        if device.relay_only and self.turn is None:
+            # Refused before the device user is asked: without a relay the call
+            # could never connect.
+            raise LocalProtocolError(
+                ErrorCode.UNAVAILABLE,
+                "the device's group allows relayed calls only, and no TURN server is set up",
+            )
         offered = tuple(m for m in _OFFERED[msg.mode] if m in allowed)
         session = LiveSession(
             id=new_id("ses"),
@@ -643,7 +739,7 @@ class Hub:
         invite = self._invite(session)
         self.sessions[session.id] = session
         self.device_sessions[device.id] = session.id
-        await self.store.record_session(
+        await self.store.record_live_session(
             SessionRow(
                 id=session.id,
                 technician_id=tech.id,
@@ -652,7 +748,8 @@ class Hub:
                 reason=msg.reason,
                 state=SessionState.INVITED.value,
                 created_at_ms=session.created_at_ms,
-            )
+            ),
+            offered,
         )
         await self.store.audit(
             tech.id,
@@ -775,6 +872,15 @@ class Hub:
         await self.send(conn, Ok(rid=msg.rid))
         await self._broadcast(session, self._update(session, resumed=True))
 
+    async def _on_session_attach(self, conn: Connection, msg: SessionAttach) -> None:
+        """A member that came back (after its own reconnect or a restart of the
+        server) takes up the session it holds. Authentication already ended its grace
+        period; the reply tells it where the session stands. An end whose session is
+        gone gets NOT_FOUND and ends its side (see docs/recovery.md)."""
+        session = self._member_session(conn, msg.session_id)
+        session.cancel_timer("device_grace" if conn.party is Party.DEVICE else "technician_grace")
+        await self.send(conn, self._update(session, rid=msg.rid))
+
     async def _on_session_close(self, conn: Connection, msg: SessionClose) -> None:
         session = self._member_session(conn, msg.session_id)
         await self._end_session(session, CloseReason.CLOSED_BY_TECHNICIAN, Party.TECHNICIAN)
@@ -791,6 +897,7 @@ class Hub:
         session = self._member_session(conn, msg.session_id)
         await self._move(session, SessionEvent.HANG_UP, conn.party)
         session.offer_fingerprint = session.answer_fingerprint = None
+        await self._store_call(self.store.set_live_fingerprints(session.id, None, None))
         await self.send(conn, Ok(rid=msg.rid))
         other = self._to_device if conn.party is Party.TECHNICIAN else self._to_technician
         await other(session, CallHangup(session_id=session.id))
@@ -816,6 +923,12 @@ class Hub:
                 session.offer_fingerprint, session.answer_fingerprint = fingerprint, None
             else:
                 session.answer_fingerprint = fingerprint
+            # Kept for a restart: a consent receipt signed after it must still match.
+            await self._store_call(
+                self.store.set_live_fingerprints(
+                    session.id, session.offer_fingerprint, session.answer_fingerprint
+                )
+            )
         relay = dataclasses.replace(msg, rid=None)
         if conn.party is Party.TECHNICIAN:
             await self._to_device(session, relay)
@@ -841,7 +954,7 @@ class Hub:
         closed_at = now_ms()
         end = close_reason.value if close_reason else (reject_reason.value if reject_reason else "")
         await self._store_call(
-            self.store.update_session(
+            self.store.end_live_session(
                 session.id,
                 state=session.machine.state.value,
                 closed_at_ms=closed_at,
@@ -880,6 +993,68 @@ class Hub:
                 # A device that reconnects while invited has lost its prompt (the
                 # invite's card and offered modes): without them it could not answer.
                 await self.send(conn, self._invite(session))
+
+    # -- restart: taking back the sessions that were open ---------------------------
+
+    async def restore_sessions(self) -> int:
+        """Take back the sessions that were open when the server stopped (killed or
+        not): the peer-to-peer call went on without us, and its two ends come back and
+        attach. Nobody is connected yet, so each member starts its grace period now;
+        an invite keeps what was left of its answer time. Returns how many came back."""
+        restored = 0
+        for row, live in await self.store.live_sessions():
+            tech = await self.store.technician(row.technician_id)
+            device = await self.store.device(row.device_id)
+            state = SessionState(row.state)
+            if tech is None or device is None or device.revoked or state in FINAL_STATES:
+                # Its technician was disabled or its device revoked while we were down
+                # (the admin CLI works on the store directly): it cannot go on.
+                await self._store_call(
+                    self.store.end_live_session(
+                        row.id,
+                        state=SessionState.CLOSED.value,
+                        closed_at_ms=now_ms(),
+                        end_reason=CloseReason.SERVICE_DISABLED.value
+                        if device is None or device.revoked
+                        else CloseReason.TECHNICIAN_LOST.value,
+                    )
+                )
+                continue
+            session = LiveSession(
+                id=row.id,
+                technician=tech,
+                device_id=device.id,
+                device_group=device.group_id,
+                mode=Mode(row.offered_mode),
+                offered_modes=tuple(Mode(m) for m in live.offered_modes.split(",") if m),
+                reason=row.reason,
+                created_at_ms=row.created_at_ms,
+                machine=SessionMachine(state=state),
+                accepted_mode=Mode(row.accepted_mode) if row.accepted_mode else None,
+                accepted_at_ms=row.accepted_at_ms,
+                offer_fingerprint=live.offer_fingerprint,
+                answer_fingerprint=live.answer_fingerprint,
+            )
+            self.sessions[session.id] = session
+            self.device_sessions[session.device_id] = session.id
+            if state is SessionState.INVITED:
+                left_s = (
+                    session.created_at_ms + self.config.invite_timeout_s * 1000 - now_ms()
+                ) / 1000
+                session.timers["invite"] = self._later(
+                    max(0.0, left_s), self._invite_timed_out, session
+                )
+            for timer, reason in (
+                ("device_grace", CloseReason.DEVICE_LOST),
+                ("technician_grace", CloseReason.TECHNICIAN_LOST),
+            ):
+                session.timers[timer] = self._later(
+                    self.config.grace_s, self._end_session, session, reason, Party.SERVER
+                )
+            restored += 1
+        if restored:
+            log.info("took back %d open sessions", restored)
+        return restored
 
     # -- grace periods for lost members ---------------------------------------------
 
@@ -939,20 +1114,10 @@ class Hub:
             device = await self.store.device(device_id)
             if device is None or device.revoked:
                 raise LocalProtocolError(ErrorCode.NOT_FOUND, f"no device {device_id!r}")
-            authorize(
-                tech.role,
-                REQUIRED_ACTION[NotifySend],
-                scope_groups=tech.groups,
-                target_group=device.group_id,
-            )
+            await self._authorize_target(conn, msg, device.group_id, device.id)
             targets[device.id] = device
         if msg.group_id is not None:
-            authorize(
-                tech.role,
-                REQUIRED_ACTION[NotifySend],
-                scope_groups=tech.groups,
-                target_group=msg.group_id,
-            )
+            await self._authorize_target(conn, msg, msg.group_id, msg.group_id)
             for device in await self.store.devices([msg.group_id]):
                 if not device.revoked:
                     targets[device.id] = device
@@ -991,6 +1156,31 @@ class Hub:
             if device_conn is not None:
                 await self.send(device_conn, deliver)
 
+    async def _authorize_target(
+        self, conn: Connection, msg: NotifySend, group_id: str, target: str
+    ) -> None:
+        """The scope check of one notification target; a refusal is audited."""
+        tech = conn.technician
+        assert tech is not None
+        try:
+            authorize(
+                tech.role,
+                REQUIRED_ACTION[NotifySend],
+                scope_groups=tech.groups,
+                target_group=group_id,
+            )
+        except ProtocolError as denial:
+            await self._store_call(
+                self.store.audit(
+                    conn.principal_id,
+                    msg.TYPE,
+                    target=target,
+                    outcome=denial.code.value,
+                    role=tech.role.value,
+                )
+            )
+            raise
+
     async def _deliver_pending(self, conn: Connection) -> None:
         assert conn.device is not None
         for row in await self.store.pending_notifications(conn.device.id):
@@ -1015,7 +1205,10 @@ class Hub:
         if note.expires_at_ms < now_ms():
             raise LocalProtocolError(ErrorCode.EXPIRED, "the notification has expired")
         current = NotificationState(target.state)
-        if state is NotificationState.ANSWERED and current is NotificationState.ANSWERED:
+        # The same answer again is a device resending what a dropped link may have
+        # lost: the same act, so it changes nothing (below) and is not refused.
+        answered = current is NotificationState.ANSWERED
+        if state is NotificationState.ANSWERED and answered and target.answer != answer:
             raise LocalProtocolError(ErrorCode.CONFLICT, "the notification is answered already")
         await self.send(conn, Ok(rid=rid))
         if _NOTE_RANK[state] <= _NOTE_RANK[current]:
@@ -1146,6 +1339,14 @@ def _split(items: list[_Item], size: Callable[[_Item], int]) -> list[list[_Item]
         parts[-1].append(item)
         used += cost
     return parts
+
+
+def _session_id_of(message: Message) -> str:
+    """The session a request is about ('' if none): a consent names it in its receipt."""
+    if isinstance(message, SessionConsent):
+        return message.receipt.session_id
+    session_id = getattr(message, "session_id", "")
+    return session_id if isinstance(session_id, str) else ""
 
 
 def _deliver_message(row: NotificationRow) -> NotifyDeliver:

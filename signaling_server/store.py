@@ -31,9 +31,12 @@ from sqlalchemy import (
     Text,
     delete,
     func,
+    inspect,
     select,
+    text,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -111,6 +114,8 @@ class DeviceGroupRow(Base):
     allowed_modes: Mapped[str] = mapped_column(String(32), default="text,voice,video")
     #: Live Support enabled by policy for this group.
     service_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: Calls of this group's devices use relayed (TURN) candidates only.
+    relay_only: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class TechnicianRow(Base):
@@ -185,6 +190,19 @@ class SessionRow(Base):
     summary: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class LiveSessionRow(Base):
+    """What a session still open needs beyond its metadata row to survive a restart
+    of the server: the modes offered and the DTLS fingerprints of the current call
+    (the consent receipt must bind them). The row goes when the session ends, so the
+    table lists exactly the sessions a starting server takes back."""
+
+    __tablename__ = "live_sessions"
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    offered_modes: Mapped[str] = mapped_column(String(32))
+    offer_fingerprint: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    answer_fingerprint: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
 class NotificationRow(Base):
     __tablename__ = "notifications"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -249,6 +267,8 @@ class Device:
     policy_enabled: bool
     policy_modes: tuple[Mode, ...]
     enrolled_at_ms: int = 0
+    #: The group's relay-only policy (see DeviceGroupRow.relay_only).
+    relay_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +277,7 @@ class Group:
     name: str
     allowed_modes: tuple[Mode, ...]
     service_enabled: bool
+    relay_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +330,16 @@ def _modes_text(modes: Sequence[Mode]) -> str:
     return ",".join(m.value for m in Mode if m in modes)
 
 
+def _add_relay_only_column(conn: Connection) -> None:
+    """A database made before groups had a relay-only policy gets the column
+    (``create_all`` makes missing tables, never missing columns)."""
+    columns = {c["name"] for c in inspect(conn).get_columns("device_groups")}
+    if "relay_only" not in columns:
+        conn.execute(
+            text("ALTER TABLE device_groups ADD COLUMN relay_only BOOLEAN NOT NULL DEFAULT FALSE")
+        )
+
+
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -320,6 +351,7 @@ class Store:
         store = cls(engine)
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(_add_relay_only_column)
         return store
 
     async def close(self) -> None:
@@ -333,7 +365,12 @@ class Store:
     # -- groups ---------------------------------------------------------------------
 
     async def create_group(
-        self, name: str, *, allowed_modes: Sequence[Mode] = tuple(Mode), enabled: bool = True
+        self,
+        name: str,
+        *,
+        allowed_modes: Sequence[Mode] = tuple(Mode),
+        enabled: bool = True,
+        relay_only: bool = False,
     ) -> Group:
         async with self.tx() as db:
             if await db.scalar(select(DeviceGroupRow).where(DeviceGroupRow.name == name)):
@@ -343,6 +380,7 @@ class Store:
                 name=name,
                 allowed_modes=_modes_text(allowed_modes),
                 service_enabled=enabled,
+                relay_only=relay_only,
             )
             db.add(row)
         return self._group(row)
@@ -353,6 +391,7 @@ class Store:
         *,
         allowed_modes: Sequence[Mode] | None = None,
         enabled: bool | None = None,
+        relay_only: bool | None = None,
     ) -> Group:
         async with self.tx() as db:
             row = await self._group_row(db, group)
@@ -360,6 +399,8 @@ class Store:
                 row.allowed_modes = _modes_text(allowed_modes)
             if enabled is not None:
                 row.service_enabled = enabled
+            if relay_only is not None:
+                row.relay_only = relay_only
         return self._group(row)
 
     async def groups(self) -> list[Group]:
@@ -395,7 +436,9 @@ class Store:
 
     @staticmethod
     def _group(row: DeviceGroupRow) -> Group:
-        return Group(row.id, row.name, _modes(row.allowed_modes), row.service_enabled)
+        return Group(
+            row.id, row.name, _modes(row.allowed_modes), row.service_enabled, bool(row.relay_only)
+        )
 
     # -- technicians ----------------------------------------------------------------
 
@@ -546,6 +589,13 @@ class Store:
                 return None
             return await self._technician(db, tech)
 
+    async def token_expires_at_ms(self, token: str) -> int | None:
+        """When a bearer token runs out (None: unknown); the hub ends a console's
+        websocket then, as a REST call with it would be refused from then on."""
+        async with self.tx() as db:
+            row = await db.get(AuthTokenRow, token_hash(token))
+            return None if row is None else row.expires_at_ms
+
     async def revoke_token(self, token: str) -> bool:
         async with self.tx() as db:
             result = await db.execute(
@@ -643,6 +693,7 @@ class Store:
             policy_enabled=group.service_enabled,
             policy_modes=_modes(group.allowed_modes),
             enrolled_at_ms=row.enrolled_at_ms,
+            relay_only=bool(group.relay_only),
         )
 
     async def device(self, device_id: str) -> Device | None:
@@ -718,6 +769,47 @@ class Store:
     async def update_session(self, session_id: str, **values: Any) -> None:
         async with self.tx() as db:
             await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(**values))
+
+    async def record_live_session(self, row: SessionRow, offered_modes: Sequence[Mode]) -> None:
+        """A new session: its metadata and what resuming it after a restart needs,
+        in one transaction (a restart between the two must not lose either)."""
+        async with self.tx() as db:
+            await db.merge(row)
+            await db.flush()
+            await db.merge(
+                LiveSessionRow(
+                    session_id=row.id,
+                    # In the order offered (the invite lists them so), not Mode's.
+                    offered_modes=",".join(m.value for m in offered_modes),
+                )
+            )
+
+    async def set_live_fingerprints(
+        self, session_id: str, offer: str | None, answer: str | None
+    ) -> None:
+        async with self.tx() as db:
+            await db.execute(
+                update(LiveSessionRow)
+                .where(LiveSessionRow.session_id == session_id)
+                .values(offer_fingerprint=offer, answer_fingerprint=answer)
+            )
+
+    async def end_live_session(self, session_id: str, **values: Any) -> None:
+        """The session reached a final state: its metadata says how, and it is no
+        longer one a restarted server takes back (one transaction)."""
+        async with self.tx() as db:
+            await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(**values))
+            await db.execute(delete(LiveSessionRow).where(LiveSessionRow.session_id == session_id))
+
+    async def live_sessions(self) -> list[tuple[SessionRow, LiveSessionRow]]:
+        """Sessions still open when the server stopped, oldest first."""
+        query = (
+            select(SessionRow, LiveSessionRow)
+            .join(LiveSessionRow, LiveSessionRow.session_id == SessionRow.id)
+            .order_by(SessionRow.created_at_ms)
+        )
+        async with self.tx() as db:
+            return [(s, live) for s, live in (await db.execute(query)).all()]
 
     async def session(self, session_id: str) -> SessionRow | None:
         async with self.tx() as db:
@@ -807,7 +899,8 @@ class Store:
         return row
 
     async def pending_notifications(self, device_id: str) -> list[NotificationRow]:
-        """Unexpired notifications the device has not yet acknowledged as delivered."""
+        """Unexpired notifications the device has not read or answered yet: delivered
+        ones too, so a pop-up shown before the agent restarted is shown again."""
         query = (
             select(NotificationRow)
             .join(
@@ -815,7 +908,9 @@ class Store:
             )
             .where(
                 NotificationTargetRow.device_id == device_id,
-                NotificationTargetRow.state == NotificationState.SENT.value,
+                NotificationTargetRow.state.in_(
+                    [NotificationState.SENT.value, NotificationState.DELIVERED.value]
+                ),
                 NotificationRow.expires_at_ms > now_ms(),
             )
             .order_by(NotificationRow.sent_at_ms)
@@ -832,6 +927,10 @@ class Store:
             if target is None or note is None:
                 return None
             return note, target
+
+    async def notification_exists(self, notification_id: str) -> bool:
+        async with self.tx() as db:
+            return await db.get(NotificationRow, notification_id) is not None
 
     async def set_notification_state(
         self, notification_id: str, device_id: str, state: NotificationState, answer: str | None
