@@ -30,7 +30,14 @@ from device_agent.admin import StateWatcher
 from device_agent.session_host import SessionHost
 from device_agent.state import AgentState, DeviceIdentity, ServiceConfig, device_description
 from peer.chat import Listeners
-from peer.signaling import Backoff, LinkState, RequestError, SignalingClient, api_post
+from peer.signaling import (
+    Backoff,
+    LinkState,
+    NotConnected,
+    RequestError,
+    SignalingClient,
+    api_post,
+)
 from protocol import identity
 from protocol.codec import Message
 from protocol.enrolment import EnrolmentCode
@@ -40,9 +47,11 @@ from protocol.enums import (
     LiveSupportStatus,
     Mode,
     RejectReason,
+    SdpType,
     SessionState,
     derive_status,
 )
+from protocol.errors import ErrorCode
 from protocol.messages import (
     AuthChallenge,
     AuthDevice,
@@ -54,6 +63,7 @@ from protocol.messages import (
     NotifyAnswer,
     NotifyDeliver,
     SessionAccept,
+    SessionAttach,
     SessionConsent,
     SessionInvite,
     SessionReject,
@@ -118,8 +128,15 @@ class ActiveSession:
     state: SessionState = SessionState.CONNECTING
     #: The session process's latest report (states, counts, device names, stats).
     report: dict[str, Any] = field(default_factory=dict)
+    #: ICE servers and policy from the server's latest ``connecting`` update (None
+    #: before it): handed to the session process, and again to a restarted one.
+    ice: ipc.IceConfig | None = None
     #: Fingerprints of the call the last consent receipt was signed for.
     consented: tuple[str, str] | None = None
+    #: When (monotonic) the call's media path was lost, until a call is up again.
+    path_lost_at: float | None = None
+    #: The technician's newest offer held while the user is asked again (past grace).
+    held_offer: SignalSdp | None = None
 
     @property
     def session_id(self) -> str:
@@ -137,6 +154,7 @@ class DeviceAgent:
         ice_servers: Sequence[ipc.IceServer] = (),
         session_args: Sequence[str] = (),
         server_grace_s: float = 60.0,
+        path_grace_s: float = 60.0,
         prewarm: bool = False,
         backoff: Backoff = Backoff(),
         host_factory: HostFactory = SessionHost,
@@ -159,6 +177,10 @@ class DeviceAgent:
         #: for a lost device has the same default): past it, nobody can close the
         #: session properly, so the device ends it and releases its devices.
         self.server_grace_s = server_grace_s
+        #: How long after the call's media path was lost the technician's new offer
+        #: (the recovery) is answered without asking the user again; after it, the
+        #: user is prompted as for the invite (docs/calls.md, "Path loss").
+        self.path_grace_s = path_grace_s
         self._server_lost: asyncio.TimerHandle | None = None
         #: Keep one idle session process started ahead of the next invite. It holds
         #: nothing (no session, device or candidate) but has aiortc and PyAV loaded,
@@ -178,6 +200,9 @@ class DeviceAgent:
         #: Every session process started, ended or not (pids, for checks and reports).
         self.hosts: list[SessionHost] = []
         self.notifications: dict[str, NotifyDeliver] = {}
+        #: Reads and answers given while the server was out of reach, by notification
+        #: id, sent on reconnect (see ``_send_or_queue``).
+        self.outbox: dict[str, NotifyAck | NotifyAnswer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._preparing = False
         #: The invite being answered, and whether it ended before the user answered.
@@ -367,7 +392,30 @@ class DeviceAgent:
         )
 
     async def _on_online(self, auth: AuthOk) -> None:
+        # Whatever changed here while we were away (the service switched off, a chat
+        # service removed) reaches the server first, then the session and the
+        # notification answers the user gave meanwhile.
         await self.report_status()
+        await self._attach_session()
+        await self._flush_outbox()
+
+    async def _attach_session(self) -> None:
+        """Take up the open session again after a reconnect or a server restart. A
+        session the server no longer knows ended while we were away: end it here too,
+        which ends its process and releases the camera and microphone."""
+        session = self.session
+        if session is None:
+            return
+        try:
+            reply = await self.client.request(SessionAttach(session_id=session.session_id))
+        except RequestError as exc:
+            if exc.code == ErrorCode.NOT_FOUND.value and self.session is session:
+                log.info("the session ended while we were away")
+                await self._end_session("ended while offline")
+                return
+            raise
+        if isinstance(reply, SessionUpdate):
+            await self._on_session_update(reply)
 
     def _on_link_state(self, link: LinkState) -> None:
         self.status_listeners.fire(self.status)
@@ -426,6 +474,7 @@ class DeviceAgent:
         elif isinstance(message, CallHangup):
             session = self.session
             if session is not None and message.session_id == session.session_id:
+                session.path_lost_at = None
                 await session.host.send(ipc.RemoteHangup())
                 session.state = SessionState.CALL_ENDED
                 self.session_listeners.fire(session)
@@ -513,6 +562,8 @@ class DeviceAgent:
         )
         if self.interruption is not AudioInterruption.NONE:
             await host.send(ipc.Interruption(interruption=self.interruption))
+        if session.ice is not None:
+            await host.send(session.ice)
         self._spawn(self._watch(session, host))
 
     async def _watch(self, session: ActiveSession, host: SessionHost) -> None:
@@ -546,8 +597,14 @@ class DeviceAgent:
         elif isinstance(message, ipc.Fingerprints):
             await self._send_consent(session, message)
         elif isinstance(message, ipc.CallUp):
+            session.path_lost_at = None
             await self.client.request(CallConnected(session_id=sid))
+        elif isinstance(message, ipc.PathLost):
+            if session.path_lost_at is None:
+                session.path_lost_at = time.monotonic()
+                log.info("the call's media path was lost")
         elif isinstance(message, ipc.HangUp):
+            session.path_lost_at = None  # a resumed call is a new call, not a recovery
             with contextlib.suppress(RequestError):
                 await self.client.request(CallHangup(session_id=sid))
             session.state = SessionState.CALL_ENDED
@@ -564,7 +621,47 @@ class DeviceAgent:
         if session is None or message.session_id != session.session_id:
             log.warning("signal for a session we do not have")
             return
+        if self.path_grace_over(session) or session.held_offer is not None:
+            # A recovery offer past the grace period: nothing reaches the session
+            # process (no answer, no candidate) until the user agreed again.
+            if isinstance(message, SignalSdp) and message.sdp_type is SdpType.OFFER:
+                asking = session.held_offer is not None
+                session.held_offer = message  # the newest offer is the one answered
+                if not asking:
+                    self._spawn(self._ask_again(session))
+            return
         await session.host.send(ipc.SignalIn(frame=ipc.wrap_signal(message)))
+
+    def path_grace_over(self, session: ActiveSession) -> bool:
+        """Whether the call's path has been lost for longer than the grace period."""
+        lost_at = session.path_lost_at
+        return lost_at is not None and time.monotonic() - lost_at > self.path_grace_s
+
+    async def _ask_again(self, session: ActiveSession) -> None:
+        """The path was lost for longer than the grace period: the new connection
+        needs the user's consent again, asked with the same prompt as the invite. A
+        yes signs the new connection's receipt with the new acceptance time; a no (or
+        no answer) hangs the call up, and the session stays as after any hang-up."""
+        log.info("the path was lost past the grace period: asking the user again")
+        try:
+            answer = await asyncio.wait_for(
+                self.invite_handler(session.invite), self.path_reconsent_timeout_s
+            )
+        except TimeoutError:
+            answer = None
+        offer, session.held_offer = session.held_offer, None
+        if self.session is not session:
+            return
+        if isinstance(answer, Mode) and offer is not None:
+            session.accepted_at_ms = int(time.time() * 1000)
+            session.path_lost_at = None  # consent is fresh: the grace starts over
+            await session.host.send(ipc.SignalIn(frame=ipc.wrap_signal(offer)))
+        else:
+            session.path_lost_at = None
+            await session.host.send(ipc.ControlIn(control=ipc.Control.HANG_UP))
+
+    #: How long the user has to answer the prompt after a long path loss.
+    path_reconsent_timeout_s = 60.0
 
     async def _send_consent(self, session: ActiveSession, prints: ipc.Fingerprints) -> None:
         """Sign the consent receipt bound to this call's two DTLS fingerprints.
@@ -596,6 +693,18 @@ class DeviceAgent:
         if update.state in (SessionState.CLOSED, SessionState.EXPIRED, SessionState.REJECTED):
             await self._end_session(update.state.value)
             return
+        if update.state is SessionState.CONNECTING:
+            # Before the technician's offer (the server sends this update to the
+            # device first): the call the offer starts uses this end's credential.
+            session.ice = ipc.IceConfig(
+                ice_servers=tuple(
+                    ipc.IceServer(urls=s.urls, username=s.username, credential=s.credential)
+                    for s in update.ice_servers
+                )
+                + self.ice_servers,
+                relay_only=update.relay_only,
+            )
+            await session.host.send(session.ice)
         self.session_listeners.fire(session)
 
     async def _end_session(self, reason: str) -> None:
@@ -666,17 +775,60 @@ class DeviceAgent:
     # -- notifications --------------------------------------------------------------
 
     async def _on_notification(self, message: NotifyDeliver) -> None:
-        self.notifications[message.notification_id] = message
-        await self.client.request(
-            NotifyAck(notification_id=message.notification_id, state=DeviceAck.DELIVERED)
-        )
-        if self.notification_handler is not None:
+        """The server delivers each notification until it is read or answered: again
+        after every reconnect, so one shown before an agent restart comes back. One
+        shown already in this run, or read or answered while offline, is not shown
+        again (the ack is repeated; the server ignores a repeated one)."""
+        nid = message.notification_id
+        seen = nid in self.notifications or nid in self.outbox
+        if nid not in self.outbox:
+            self.notifications[nid] = message
+        await self.client.request(NotifyAck(notification_id=nid, state=DeviceAck.DELIVERED))
+        if self.notification_handler is not None and not seen:
             self._spawn(self.notification_handler(message))
 
     async def mark_notification_read(self, notification_id: str) -> None:
-        await self.client.request(NotifyAck(notification_id=notification_id, state=DeviceAck.READ))
-        self.notifications.pop(notification_id, None)
+        await self._send_or_queue(NotifyAck(notification_id=notification_id, state=DeviceAck.READ))
 
     async def answer_notification(self, notification_id: str, text: str) -> None:
-        await self.client.request(NotifyAnswer(notification_id=notification_id, text=text))
-        self.notifications.pop(notification_id, None)
+        await self._send_or_queue(NotifyAnswer(notification_id=notification_id, text=text))
+
+    async def _send_or_queue(self, message: NotifyAck | NotifyAnswer) -> None:
+        """Send what the user did with a notification; while the server is out of
+        reach, keep it (in memory, the latest per notification: an answer replaces an
+        unsent read) and send it when the link is back. The server takes a repeat as
+        the same act (a resent read or the same answer changes nothing), so a reply
+        lost with a dropping link makes no duplicate. The server's refusals (expired,
+        answered already) still raise ``RequestError``."""
+        nid = message.notification_id
+        self.notifications.pop(nid, None)
+        if not (isinstance(self.outbox.get(nid), NotifyAnswer) and isinstance(message, NotifyAck)):
+            self.outbox[nid] = message
+        try:
+            await self._send_queued(nid)
+        except (NotConnected, TimeoutError):
+            log.info("offline: notification %s kept to send on reconnect", nid)
+
+    async def _send_queued(self, notification_id: str) -> None:
+        message = self.outbox.get(notification_id)
+        if message is None:
+            return
+        try:
+            await self.client.request(message)
+        except NotConnected:
+            raise
+        except RequestError:
+            self.outbox.pop(notification_id, None)  # refused for good: no retry
+            raise
+        if self.outbox.get(notification_id) is message:
+            del self.outbox[notification_id]
+
+    async def _flush_outbox(self) -> None:
+        """Send, in order, what the user did with notifications while offline."""
+        for nid in list(self.outbox):
+            try:
+                await self._send_queued(nid)
+            except (NotConnected, TimeoutError):
+                return  # offline again: the next reconnect goes on
+            except RequestError as exc:
+                log.warning("notification %s: the server refused a queued reply: %s", nid, exc)

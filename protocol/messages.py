@@ -70,6 +70,20 @@ class TechnicianCard:
     photo: Annotated[str, Text(0, 65_536, r"^[A-Za-z0-9+/]*={0,2}$")] = ""
 
 
+IceUrl = Annotated[str, Text(1, 256, r"^(stun|stuns|turn|turns):[^\s]+$")]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IceServer:
+    """A STUN or TURN server for one call end. For TURN, the server mints a short-lived
+    credential per call end (coturn's shared-secret scheme: ``username`` is
+    ``"<expiry, Unix seconds>:<id>"``); no lasting password is ever sent."""
+
+    urls: Annotated[tuple[IceUrl, ...], Items(1, 4)]
+    username: Annotated[str, Text(0, 128, r"^[A-Za-z0-9_.:-]*$")] = ""
+    credential: Annotated[str, Text(0, 128, r"^[A-Za-z0-9+/]*={0,2}$")] = ""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DeviceInfo:
     """One device as a console sees it."""
@@ -283,6 +297,16 @@ class SessionResume(Message):
     session_id: Ident
 
 
+@SIGNALING.register("session.attach", _DC)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionAttach(Message):
+    """D/C→S: after a reconnect (or a restart of the server), take up membership of a
+    session this end still holds. The reply is the session's ``session.update``;
+    ``not_found`` means the session ended meanwhile and this end should end it too."""
+
+    session_id: Ident
+
+
 @SIGNALING.register("session.close", _C)
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SessionClose(Message):
@@ -305,6 +329,12 @@ class SessionUpdate(Message):
     close_reason: CloseReason | None = None
     #: Set when the device user resumed the call and a new offer is wanted.
     resumed: bool = False
+    #: With ``connecting``: the ICE servers (and TURN credential) this member's peer
+    #: connection uses; each member gets its own credential.
+    ice_servers: Annotated[tuple[IceServer, ...], Items(0, 4)] = ()
+    #: With ``connecting``: the device's group allows only relayed candidates (no host
+    #: or server-reflexive address of either end reaches the other).
+    relay_only: bool = False
 
 
 @SIGNALING.register("call.connected", _DC)

@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 
 from aiortc import RTCIceServer
 
-from peer.call import PeerCall
+from peer.call import CallState, PeerCall
 from peer.call_media import CallMedia, MediaOptions
 from peer.chat import Listeners
 from peer.media import MediaDevices
+from peer.relay import rtc_ice_servers
 from peer.signaling import Backoff, LinkState, RequestError, SignalingClient, api_post
 from protocol import identity
 from protocol.codec import Message
 from protocol.enums import Mode, NotificationState, Role, SessionState
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
     AuthChallenge,
     AuthOk,
@@ -35,9 +37,11 @@ from protocol.messages import (
     DevicesSnapshot,
     DevicesSubscribe,
     DeviceUpdate,
+    IceServer,
     NotifySend,
     NotifySent,
     NotifyUpdate,
+    SessionAttach,
     SessionClose,
     SessionConsent,
     SessionStart,
@@ -49,6 +53,11 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 FINAL = (SessionState.CLOSED, SessionState.REJECTED, SessionState.EXPIRED)
+
+#: Pause before each new connection after a lost path: the first at once, then
+#: slower while the path stays gone (a failed attempt without any working address
+#: fails within a second; this keeps that from turning into a loop of offers).
+RECOVERY_DELAYS_S = (0.0, 1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -66,6 +75,16 @@ class ConsoleSession:
     consent_verified: bool = False
     consent_error: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Connections that replaced one whose media path was lost (docs/calls.md).
+    recoveries: int = 0
+    #: Replacements tried since the path was lost (paces the next one).
+    recovery_attempts: int = 0
+    #: When (monotonic) the path was lost, until a new connection is up.
+    path_lost_at: float | None = None
+    #: From the latest ``connecting`` update: the ICE servers (with this end's TURN
+    #: credential) and the relay-only policy the calls of this session use.
+    ice_servers: tuple[IceServer, ...] = ()
+    relay_only: bool = False
 
     @property
     def media(self) -> CallMedia | None:
@@ -185,6 +204,29 @@ class ConsoleClient:
         first = await self.link.request(DevicesSubscribe())
         if isinstance(first, DevicesSnapshot):
             self._merge_snapshot(first)
+        for session in list(self.sessions.values()):
+            if session.state not in FINAL:
+                await self._attach(session)
+
+    async def _attach(self, session: ConsoleSession) -> None:
+        """Take up a session again after a reconnect or a server restart: the call
+        went on peer to peer meanwhile. One the server no longer knows ended while we
+        were away (its grace period ran out): its call ends here too."""
+        try:
+            reply = await self.link.request(SessionAttach(session_id=session.session_id))
+        except RequestError as exc:
+            if exc.code != ErrorCode.NOT_FOUND.value:
+                raise
+            log.info("session %s ended while the console was away", session.session_id)
+            session.state = SessionState.CLOSED
+            if session.call is not None:
+                call, session.call = session.call, None
+                await call.close()
+            session.touch()
+            self.session_listeners.fire(session)
+            return
+        if isinstance(reply, SessionUpdate):
+            await self._on_session_update(reply)
 
     def _merge_snapshot(self, snapshot: DevicesSnapshot) -> None:
         for device in snapshot.devices:
@@ -274,6 +316,10 @@ class ConsoleClient:
         session.state = update.state
         session.mode = update.mode
         session.last_update = update
+        if update.state is SessionState.CONNECTING:
+            # This end's TURN credential (minted for this call) and the device
+            # group's relay-only policy, kept for every call of this connection.
+            session.ice_servers, session.relay_only = update.ice_servers, update.relay_only
         if update.state is SessionState.CONNECTING and session.call is None:
             # Accepted (or resumed): the technician's side offers.
             session.call = self._new_call(session)
@@ -284,9 +330,11 @@ class ConsoleClient:
         session.touch()
         self.session_listeners.fire(session)
 
-    def _new_call(self, session: ConsoleSession) -> PeerCall:
+    def _new_call(self, session: ConsoleSession, predecessor: PeerCall | None = None) -> PeerCall:
         media = None
-        if session.mode is not Mode.TEXT:
+        if predecessor is not None:
+            media = predecessor.media  # the open devices carry over to the new connection
+        elif session.mode is not Mode.TEXT:
             # The accepted mode, not the one asked for: the user may have chosen voice.
             media = CallMedia(self.media_devices, session.mode, self.media_options)
             media.peer_listeners.add(lambda _state: session.touch())
@@ -296,17 +344,53 @@ class ConsoleClient:
             is_offerer=True,
             author=self.display_name or "Technician",
             send_signal=self.link.send,
-            ice_servers=self.ice_servers,
+            ice_servers=rtc_ice_servers(session.ice_servers, self.ice_servers),
+            relay_only=session.relay_only,
             media=media,
+            chat=predecessor.chat if predecessor is not None else None,
         )
+        call.state_listeners.add(lambda state: self._on_call_state(session, call, state))
 
         async def report_connected() -> None:
             await call.connected.wait()
+            session.recovery_attempts = 0
+            session.path_lost_at = None
             await self.link.request(CallConnected(session_id=session.session_id))
             session.touch()
 
         self._spawn(report_connected())
         return call
+
+    def _on_call_state(self, session: ConsoleSession, call: PeerCall, state: CallState) -> None:
+        if state is CallState.FAILED and session.call is call and session.state not in FINAL:
+            self._spawn(self._recover(session, call))
+
+    async def _recover(self, session: ConsoleSession, lost: PeerCall) -> None:
+        """The call's media path is gone (its consent checks failed). aiortc has no
+        ICE restart, so a new peer connection replaces it in the same session: a new
+        offer through the server, which the device answers at once within its grace
+        period, or after asking its user again past it. The chat log and the open
+        devices carry over. A new connection that fails too is replaced again, paced
+        (``RECOVERY_DELAYS_S``), for as long as the session is open."""
+        if session.path_lost_at is None:
+            session.path_lost_at = time.monotonic()
+        delay = RECOVERY_DELAYS_S[min(session.recovery_attempts, len(RECOVERY_DELAYS_S) - 1)]
+        session.recovery_attempts += 1
+        if delay:
+            await asyncio.sleep(delay)
+        if session.call is not lost or session.state in FINAL:
+            return  # hung up or closed meanwhile
+        call = self._new_call(session, predecessor=lost)
+        # Set before anything awaits: a hang-up meanwhile closes the new call (and
+        # with it the devices), never the detached one.
+        session.call = call
+        session.recoveries += 1
+        session.consent_verified = False  # until the receipt for the new keys comes
+        log.info("session %s: path lost, offering a new connection", session.session_id)
+        await lost.detach()
+        session.touch()
+        self.session_listeners.fire(session)
+        await call.start()
 
     def _on_consent(self, receipt: ConsentReceipt) -> None:
         """Verify the device's signature and that it binds *this* call's fingerprints."""

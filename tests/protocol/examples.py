@@ -43,6 +43,7 @@ from protocol.messages import (
     NotifyUpdate,
     Ok,
     SessionAccept,
+    SessionAttach,
     SessionClose,
     SessionConsent,
     SessionInvite,
@@ -137,6 +138,7 @@ SIGNALING_EXAMPLES: list[Message] = [
     SessionReject(session_id="ses-91c2", reason=RejectReason.BUSY),
     SessionConsent(receipt=RECEIPT),
     SessionResume(session_id="ses-91c2"),
+    SessionAttach(rid=4, session_id="ses-91c2"),
     SessionClose(rid=9, session_id="ses-91c2"),
     SessionUpdate(
         session_id="ses-91c2",

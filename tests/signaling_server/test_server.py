@@ -709,13 +709,16 @@ async def test_notifications_are_delivered_stored_and_acknowledged(lab: Lab) -> 
         await online_wire.refused(
             NotifyAnswer(notification_id=note_id, text="again"), ErrorCode.CONFLICT
         )
+        # The same answer again (a reply lost with a dropped link) is the same act.
+        await online_wire.ok(NotifyAnswer(notification_id=note_id, text="Yes, after 8 pm"))
         # A late acknowledgement is accepted but changes nothing.
         await online_wire.ok(NotifyAck(notification_id=note_id, state=DeviceAck.DELIVERED))
         await online_wire.report()  # the late ack's handler has finished
         await settled(console)
         assert not console.pending(NotifyUpdate)
 
-        # Store and forward: the offline device gets it when it connects, until it acks.
+        # Store and forward: the offline device gets it when it connects, until it has
+        # read it: delivered but unread, it comes again (the agent may have restarted).
         for _ in range(2):
             offline_wire = await c.device(offline)
             again = await offline_wire.expect(NotifyDeliver)
@@ -726,6 +729,10 @@ async def test_notifications_are_delivered_stored_and_acknowledged(lab: Lab) -> 
         await offline_wire.ok(NotifyAck(notification_id=note_id, state=DeviceAck.DELIVERED))
         update = await console.expect(NotifyUpdate)
         assert (update.device_id, update.state) == (offline.device_id, NotificationState.DELIVERED)
+        await offline_wire.close()
+        offline_wire = await c.device(offline)
+        await offline_wire.expect(NotifyDeliver)
+        await offline_wire.ok(NotifyAck(notification_id=note_id, state=DeviceAck.READ))
         await offline_wire.close()
         offline_wire = await c.device(offline)  # the report's ok follows any delivery
         assert not offline_wire.pending(NotifyDeliver)
