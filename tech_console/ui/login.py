@@ -1,25 +1,29 @@
 """Logging in to a server: its address, its pinned certificate, the technician's name
 and password. Servers logged in to before are remembered (address, pin and user
-name; never the password)."""
+name; never the password). Servers on the LAN can be found with zeroconf: that fills in
+an address only, never a pin (discovery grants no trust)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QFormLayout,
     QLineEdit,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
+from peer.discovery import FoundServer, discover
 from peer.signaling import RequestError
 from tech_console.client import ConsoleClient
 from tech_console.console_model import ConsoleSettings, KnownServer
@@ -27,10 +31,14 @@ from tech_console.ui.session_window import plain
 
 log = logging.getLogger(__name__)
 
+ITEM_SERVER_ROLE = Qt.ItemDataRole.UserRole
+
 FINGERPRINT_FORM = re.compile(r"^sha-256 ([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$")
 
 #: Makes the console client for an address and pin (tests pass their own backoff).
 ClientFactory = Callable[[str, str], ConsoleClient]
+#: Finds servers on the LAN (tests browse loopback only).
+Discoverer = Callable[[], Awaitable[list[FoundServer]]]
 
 
 def login_problem(address: str, fingerprint: str, username: str, password: str) -> str | None:
@@ -59,10 +67,12 @@ class LoginDialog(QDialog):
         settings: ConsoleSettings,
         make_client: ClientFactory,
         parent: QWidget | None = None,
+        discoverer: Discoverer = discover,
     ) -> None:
         super().__init__(parent)
         self.settings = settings
         self.make_client = make_client
+        self.discoverer = discoverer
         self.setWindowTitle("Live Support console: log in")
         self.setObjectName("loginDialog")
         self.server = QComboBox(self)
@@ -90,8 +100,19 @@ class LoginDialog(QDialog):
         self.login_button.setDefault(True)
         self.login_button.clicked.connect(self.submit)
         self.password.returnPressed.connect(self.submit)
+        self.find_button = QPushButton("Find servers on the network", self)
+        self.find_button.setObjectName("discover")
+        self.find_button.clicked.connect(self.find_servers)
+        self.found = QListWidget(self)
+        self.found.setObjectName("foundServers")
+        self.found.setAccessibleName("Servers found on the network")
+        self.found.setVisible(False)
+        self.found.itemActivated.connect(self._use_found)
+        self.found.itemClicked.connect(self._use_found)
         form = QFormLayout()
         form.addRow("Server", self.server)
+        form.addRow("", self.find_button)
+        form.addRow("", self.found)
         form.addRow("Certificate pin", self.fingerprint)
         form.addRow("User name", self.username)
         form.addRow("Password", self.password)
@@ -102,12 +123,50 @@ class LoginDialog(QDialog):
         self.server.currentTextChanged.connect(self._fill_known)
         self._fill_known(self.server.currentText())
         self._task: asyncio.Task[None] | None = None
+        self._finding: asyncio.Task[None] | None = None
 
     def _fill_known(self, address: str) -> None:
         known = next((s for s in self.settings.servers if s.address == address), None)
         if known is not None:
             self.fingerprint.setText(known.fingerprint)
             self.username.setText(known.username)
+
+    def find_servers(self) -> None:
+        if self._finding is not None and not self._finding.done():
+            return
+        self.find_button.setEnabled(False)
+        self.status.setText("Looking for servers on the network…")
+        self._finding = asyncio.ensure_future(self._find())
+
+    async def _find(self) -> None:
+        try:
+            servers = await self.discoverer()
+        except OSError as exc:  # no multicast on this network, for one
+            self.status.setText(f"Could not look for servers: {exc}")
+            return
+        finally:
+            self.find_button.setEnabled(True)
+        self.found.clear()
+        for server in servers:
+            item = QListWidgetItem(server.label)  # a list item shows text as it is
+            item.setData(ITEM_SERVER_ROLE, server)
+            self.found.addItem(item)
+        self.found.setVisible(bool(servers))
+        self.status.setText(
+            f"Found {len(servers)} server(s): choose one." if servers else "No server answered."
+        )
+
+    def _use_found(self, item: QListWidgetItem) -> None:
+        server: FoundServer = item.data(ITEM_SERVER_ROLE)
+        self.server.setEditText(server.url)
+        if not any(known.address == server.url for known in self.settings.servers):
+            # What a server advertises about itself proves nothing: the pin comes from
+            # the administrator (or a remembered login), never from the advertisement.
+            self.fingerprint.clear()
+            self.status.setText(
+                f"{server.name} is new here: enter its certificate pin from your "
+                "administrator (the network's claim is not trusted)."
+            )
 
     def prefill(self, address: str, fingerprint: str, username: str) -> None:
         if address:
