@@ -409,12 +409,16 @@ class SessionModel:
                 up,
                 False,
             ),
+            # A session the server ended (the device went away, the invite timed out)
+            # still needs its summary: the same button then only writes it.
             ControlView(
                 SessionControl.CLOSE_SESSION,
-                "Close session…",
-                "End the session and write its summary",
+                "Close session…" if self.open else "Write summary…",
+                "End the session and write its summary"
+                if self.open
+                else "The session has ended: write its summary",
                 True,
-                self.open,
+                self.open or not self.summary_written,
                 False,
             ),
         ]

@@ -361,7 +361,8 @@ class SummaryDialog(QDialog):
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, self
         )
         ok = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
-        ok.setText("Close session and save summary")
+        # A session the server already ended only needs its summary saved.
+        ok.setText("Close session and save summary" if model.open else "Save summary")
         self.buttons.accepted.connect(self.submit)
         self.buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)

@@ -14,7 +14,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QImage
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QPushButton
+from PySide6.QtWidgets import QDialogButtonBox, QPushButton
 from pytestqt.qtbot import QtBot
 
 from device_agent.call_process import CallSession
@@ -391,3 +391,34 @@ async def test_the_tabs_follow_the_role(lab: Lab, console: Console, qtbot: QtBot
             window.deleteLater()
         finally:
             await client.close()
+
+
+async def test_a_session_the_server_ended_still_gets_its_summary(
+    console: Console, lab: Lab
+) -> None:
+    """The device goes away mid-session and the server closes the session after its
+    grace period: the tab offers "Write summary…", and the summary is stored."""
+    window, pair = console.window, console.pair
+    session = await pair.console.start_session(pair.device_id, Mode.TEXT, "ticket 77")
+    await pair.console.wait_session(session, [SessionState.IN_CALL], timeout_s=20)
+    await until(lambda: session.session_id in window.panels)
+    panel = window.panels[session.session_id]
+    button = panel.buttons[SessionControl.CLOSE_SESSION]
+    assert button.text() == "Close session…"
+    await pair.agent.stop()
+    await pair.console.wait_session(session, [SessionState.CLOSED], timeout_s=20)
+    await until(lambda: button.text() == "Write summary…")
+    window.tabs.setCurrentWidget(panel)
+    click(button)
+    dialog = window.summary_dialogs[session.session_id]
+    await until(dialog.isVisible)
+    ok = dialog.buttons.button(QDialogButtonBox.StandardButton.Ok)
+    assert ok.text() == "Save summary"
+    dialog.set_values({"summary": "Device left mid-session.", "next_owner": "tech"})
+    dialog.submit()
+    await until(lambda: panel.model.summary_written)
+    row = await lab.store.session(session.session_id)
+    assert row is not None
+    assert row.summary is not None
+    assert json.loads(row.summary)["summary"] == "Device left mid-session."
+    await until(lambda: not button.isEnabled())
