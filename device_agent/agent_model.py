@@ -22,6 +22,7 @@ from enum import StrEnum
 
 from device_agent.agent import ActiveSession, DeviceAgent
 from peer.chat import Listeners
+from peer.signaling import RequestError
 from protocol.enums import LiveSupportStatus, Mode, RejectReason
 from protocol.messages import NotifyDeliver, SessionInvite
 
@@ -51,6 +52,26 @@ _ACCEPT_LABELS = {
     Mode.VOICE: "Accept with voice",
     Mode.TEXT: "Accept as text chat",
 }
+
+
+#: Why the agent stopped trying, said for the device user (peer.signaling's codes).
+_REFUSALS = {
+    "pin_mismatch": (
+        "Refused: the server's certificate does not match the one this device was "
+        "enrolled with. Not connecting; contact your IT administrator"
+    ),
+    "closed": "Disconnected by the server",
+}
+
+
+def _offline_label(fatal: RequestError | None) -> str:
+    """A link that will not retry says why; only a dropped link is 'reconnecting'."""
+    if fatal is None:
+        return "Offline, reconnecting"
+    refusal = _REFUSALS.get(fatal.code)
+    if refusal is None:
+        return f"Not connecting: {fatal.message}"
+    return f"{refusal} ({fatal.message})" if fatal.code == "closed" else refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +238,7 @@ class AgentModel:
             label=status.label,
             explanation=_EXPLANATIONS[status],
             online=online,
-            online_label="Online" if online else "Offline, reconnecting",
+            online_label="Online" if online else _offline_label(agent.client.fatal),
             can_open_call=status is LiveSupportStatus.CONNECTED and agent.session is not None,
             unread_notifications=len(self.inbox()),
         )
