@@ -1,0 +1,242 @@
+"""Recovery (issue 6): the signaling server killed with SIGKILL and started again on
+the same port and data folder, mid-call and between calls.
+
+The server is a real ``livesupport server`` process (bench.faults.restartable); the
+device is a real agent whose call runs in a real session process; the technician is
+a real ConsoleClient with its PeerCall. Media and chat go peer to peer, so the call
+must not notice the server's absence; afterwards both ends attach to the same session
+and hang-up and close still work through the new server process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bench.faults.restartable import PASSWORD, Fleet, ServerProcess, enrolment_code, make_fleet
+from device_agent.agent import DeviceAgent, enrol
+from device_agent.session_host import process_alive
+from device_agent.state import AgentState
+from peer.call_media import MediaOptions
+from peer.chat import DeliveryState
+from protocol.enums import CloseReason, LiveSupportStatus, Mode, SessionState
+from protocol.messages import NotifyDeliver, SessionInvite
+from signaling_server.store import Store
+from tech_console.client import ConsoleClient, ConsoleSession
+from tests.integration.harness import FAST, until
+
+SMALL = ["--fake-media", "--video-size", "320x240"]
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@dataclass
+class Rig:
+    server: ServerProcess
+    fleet: Fleet
+    state: AgentState
+    agent: DeviceAgent
+    console: ConsoleClient
+    notes: asyncio.Queue[NotifyDeliver]
+    decision: list[Mode]
+
+    @property
+    def device_id(self) -> str:
+        return self.agent.device.device_id
+
+    def new_agent(self) -> DeviceAgent:
+        """An agent on the same state folder: what starts after an agent restart."""
+        return make_agent(self.state, self.notes, self.decision)
+
+    async def restart_server(self) -> None:
+        await self.server.kill()
+        await self.server.start()
+
+    async def store(self) -> Store:
+        return await Store.open(self.server.config.database_url)
+
+
+def make_agent(
+    state: AgentState, notes: asyncio.Queue[NotifyDeliver], decision: list[Mode]
+) -> DeviceAgent:
+    async def on_invite(invite: SessionInvite) -> Mode:
+        return decision[0]
+
+    async def on_note(note: NotifyDeliver) -> None:
+        await notes.put(note)
+
+    return DeviceAgent(
+        state,
+        invite_handler=on_invite,
+        notification_handler=on_note,
+        session_args=SMALL,
+        backoff=FAST,
+    )
+
+
+@asynccontextmanager
+async def rig(tmp_path: Path, *, grace_s: float = 30.0) -> AsyncIterator[Rig]:
+    server = ServerProcess(tmp_path / "server", grace_s=grace_s, log=tmp_path / "server.log")
+    fleet = await make_fleet(server)
+    await server.start()
+    state = AgentState(tmp_path / "agent")
+    await enrol(state, await enrolment_code(server, fleet.group), name="Tablet 9")
+    notes: asyncio.Queue[NotifyDeliver] = asyncio.Queue()
+    decision = [Mode.VIDEO]
+    console = ConsoleClient(
+        server.url,
+        server.fingerprint,
+        backoff=FAST,
+        media_options=MediaOptions(width=320, height=240),
+    )
+    made = Rig(server, fleet, state, make_agent(state, notes, decision), console, notes, decision)
+    try:
+        await made.agent.start()
+        await made.agent.client.wait_online()
+        await console.login("tech", PASSWORD)
+        await until(
+            lambda: made.device_id in console.devices and console.devices[made.device_id].online,
+            20,
+        )
+        yield made
+    finally:
+        await console.close()
+        await made.agent.stop()
+        await server.stop()
+
+
+async def start_call(made: Rig, mode: Mode = Mode.VIDEO) -> ConsoleSession:
+    made.decision[0] = mode
+    session = await made.console.start_session(made.device_id, mode, "ticket REC-1")
+    await made.console.wait_session(session, [SessionState.IN_CALL], timeout_s=40)
+    await until(lambda: session.consent_verified, 20)
+    return session
+
+
+def frames_in(session: ConsoleSession) -> int:
+    media = session.media
+    video_in = media.video_in if media is not None else None
+    return video_in.frames if video_in is not None else 0
+
+
+async def test_a_call_survives_a_server_kill_and_both_ends_attach_again(tmp_path: Path) -> None:
+    async with rig(tmp_path) as made:
+        session = await start_call(made)
+        call = session.call
+        assert call is not None
+        await until(lambda: frames_in(session) > 0, 20)
+        host = made.agent.session.host if made.agent.session else None
+        assert host is not None
+        assert host.pid is not None
+
+        await made.server.kill()
+        await until(lambda: not made.agent.online and not made.console.link.online.is_set(), 20)
+        # The server is gone; the call is not: frames keep coming and a chat line
+        # reaches the device and is acknowledged, all peer to peer.
+        before = frames_in(session)
+        await until(lambda: frames_in(session) > before + 10, 20)
+        line = await call.send_chat("sent while the server is down")
+        await until(
+            lambda: (
+                (entry := call.chat.outgoing(line)) is not None
+                and entry.state >= DeliveryState.DELIVERED
+            ),
+            20,
+        )
+        assert not made.server.alive
+
+        await made.server.start()
+        await until(lambda: made.agent.online and made.console.link.online.is_set(), 30)
+        # Both ends took up the same session; the call is the same call.
+        await until(lambda: session.state is SessionState.IN_CALL and made.agent.online)
+        assert session.call is call
+        assert made.agent.session is not None
+        assert made.agent.session.session_id == session.session_id
+        assert made.agent.session.host is host
+        assert process_alive(host.pid)
+        await until(
+            lambda: made.console.devices[made.device_id].status is LiveSupportStatus.CONNECTED,
+            20,
+        )
+
+        # Hang-up and close still work end to end through the new server process.
+        await made.console.hang_up(session.session_id)
+        await made.console.wait_session(session, [SessionState.CALL_ENDED], timeout_s=20)
+        agent_session = made.agent.session
+        await until(lambda: agent_session.state is SessionState.CALL_ENDED, 20)
+        await made.console.close_session(session.session_id)
+        await made.console.wait_session(session, [SessionState.CLOSED], timeout_s=20)
+        await until(lambda: made.agent.session is None, 20)
+        await asyncio.wait_for(host.exited.wait(), 20)
+        assert host.ended is not None
+        assert host.ended.media_released
+        assert not process_alive(host.pid)
+
+        store = await made.store()
+        try:
+            row = await store.session(session.session_id)
+            assert row is not None
+            assert (row.state, row.end_reason) == ("closed", CloseReason.CLOSED_BY_TECHNICIAN.value)
+            assert row.consent_receipt  # signed before the restart, kept across it
+            assert await store.live_sessions() == []
+        finally:
+            await store.close()
+
+
+async def test_a_session_whose_device_does_not_come_back_is_closed_after_grace(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path, grace_s=3.0) as made:
+        session = await start_call(made, Mode.TEXT)
+        host = made.agent.session.host if made.agent.session else None
+        assert host is not None
+
+        await made.server.kill()
+        # The device goes away for good while the server is down (its agent stops:
+        # the session process ends with it).
+        await made.agent.stop()
+        await asyncio.wait_for(host.exited.wait(), 20)
+        await made.server.start()
+
+        # The console comes back and attaches; the device does not, so after the
+        # grace period the restarted server closes the session as lost.
+        await until(lambda: made.console.link.online.is_set(), 30)
+        await made.console.wait_session(session, [SessionState.CLOSED], timeout_s=30)
+        assert session.last_update is not None
+        assert session.last_update.close_reason is CloseReason.DEVICE_LOST
+        assert session.call is None
+
+
+async def test_an_end_whose_session_ended_while_it_was_away_ends_it_too(tmp_path: Path) -> None:
+    """The device is offline longer than the grace period: the server closes the
+    session, and the device, when it comes back, learns it by attaching (not_found)
+    and releases its camera and microphone."""
+    async with rig(tmp_path, grace_s=2.0) as made:
+        session = await start_call(made, Mode.VIDEO)
+        host = made.agent.session.host if made.agent.session else None
+        assert host is not None
+        assert host.pid is not None
+
+        # The device's network goes: its link now leads nowhere (port 9 on loopback
+        # refuses), and the server dies meanwhile.
+        link = made.agent.client
+        link.server, reachable = "https://127.0.0.1:9", link.server
+        await made.server.kill()
+        await until(lambda: not made.agent.online, 20)
+        await made.server.start()
+        await made.console.wait_session(session, [SessionState.CLOSED], timeout_s=30)
+        assert session.last_update is not None
+        assert session.last_update.close_reason is CloseReason.DEVICE_LOST
+        assert made.agent.session is not None  # the device does not know yet
+        link.server = reachable
+        await until(lambda: made.agent.online, 30)
+        await until(lambda: made.agent.session is None, 20)
+        await asyncio.wait_for(host.exited.wait(), 20)
+        assert host.ended is not None
+        assert host.ended.media_released
+        assert not process_alive(host.pid)
