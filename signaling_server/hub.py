@@ -377,7 +377,9 @@ class Hub:
             except ProtocolError as refusal:
                 # NOT_FOUND keeps other people's sessions and notifications secret
                 # from the sender, but an attempt on one that exists is a denial.
-                if refusal.code is ErrorCode.NOT_FOUND and await self._targets_exist(message):
+                if refusal.code is ErrorCode.NOT_FOUND and await self._foreign_target(
+                    conn, message
+                ):
                     await self._audit_denial(conn, message, refusal)
                 raise
         except ProtocolError as error:
@@ -413,11 +415,15 @@ class Hub:
             )
         )
 
-    async def _targets_exist(self, message: Message) -> bool:
-        """Whether the session or notification a request names exists (someone's)."""
+    async def _foreign_target(self, conn: Connection, message: Message) -> bool:
+        """Whether the session or notification a request names exists and is someone
+        else's (a member's attempt on its own ended session is no denial)."""
         session_id = _session_id_of(message)
         if session_id:
-            return session_id in self.sessions or await self.store.session(session_id) is not None
+            if session_id in self.sessions:
+                return True  # live, and _member_session found the sender no member
+            row = await self.store.session(session_id)
+            return row is not None and conn.principal_id not in (row.technician_id, row.device_id)
         notification_id = getattr(message, "notification_id", "")
         if isinstance(notification_id, str) and notification_id:
             return await self.store.notification_exists(notification_id)
