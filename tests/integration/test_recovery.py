@@ -11,6 +11,9 @@ and hang-up and close still work through the new server process.
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ from protocol.enums import CloseReason, LiveSupportStatus, Mode, SessionState
 from protocol.messages import NotifyDeliver, SessionInvite
 from signaling_server.store import Store
 from tech_console.client import ConsoleClient, ConsoleSession
+from tests.conftest import Lab
 from tests.integration.harness import FAST, until
 
 SMALL = ["--fake-media", "--video-size", "320x240"]
@@ -240,3 +244,64 @@ async def test_an_end_whose_session_ended_while_it_was_away_ends_it_too(tmp_path
         assert host.ended is not None
         assert host.ended.media_released
         assert not process_alive(host.pid)
+
+
+# --- a console that crashes --------------------------------------------------------------
+
+
+async def test_a_crashed_console_ends_the_session_and_the_device_releases_its_media(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """A console process killed mid-call (no goodbye: SIGKILL): after the grace period
+    the server closes the session, and the device's session process exits with its
+    camera and microphone released."""
+    state = AgentState(tmp_path / "agent")
+    await enrol(state, await lab.enrolment_code(), name="Tablet 3")
+    agent = make_agent(state, asyncio.Queue(), [Mode.VIDEO])
+    await agent.start()
+    ready = tmp_path / "console.json"
+    console = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.integration.console_child",
+        "--server",
+        lab.url,
+        "--fingerprint",
+        lab.fingerprint,
+        "--user",
+        "tech",
+        "--device",
+        agent.device.device_id,
+        "--ready",
+        str(ready),
+        stdin=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert console.stdin is not None
+        console.stdin.write(f"{PASSWORD}\n".encode())
+        await console.stdin.drain()
+        await until(ready.exists, 90)
+        session_id = json.loads(ready.read_text())["session_id"]
+        assert agent.session is not None
+        assert agent.session.session_id == session_id
+        host = agent.session.host
+        assert host.pid is not None
+        report = await agent.query_session()
+        assert report["call_state"] == "connected"
+
+        console.send_signal(signal.SIGKILL)
+        await console.wait()
+
+        await until(lambda: agent.session is None, 30)
+        await asyncio.wait_for(host.exited.wait(), 20)
+        assert host.ended is not None
+        assert host.ended.media_released
+        assert not process_alive(host.pid)
+        row = await lab.store.session(session_id)
+        assert row is not None
+        assert (row.state, row.end_reason) == ("closed", CloseReason.TECHNICIAN_LOST.value)
+    finally:
+        if console.returncode is None:
+            console.kill()
+            await console.wait()
+        await agent.stop()
