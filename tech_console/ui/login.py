@@ -27,6 +27,7 @@ from peer.discovery import FoundServer, discover
 from peer.signaling import RequestError
 from tech_console.client import ConsoleClient
 from tech_console.console_model import ConsoleSettings, KnownServer
+from tech_console.first_contact import FirstContact, first_contact, refusal_text
 from tech_console.ui.session_window import plain
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def login_problem(address: str, fingerprint: str, username: str, password: str) 
     if not FINGERPRINT_FORM.match(fingerprint.strip()):
         return (
             "The certificate pin is the server's 'sha-256 AB:CD:…' fingerprint "
-            "(from `livesupport server fingerprint` or your administrator)."
+            "(from `livesupport server fingerprint` or your administrator); leave it "
+            "empty to see the one the server presents and confirm it."
         )
     if not username.strip():
         return "Enter your user name."
@@ -100,6 +102,15 @@ class LoginDialog(QDialog):
         self.login_button.setDefault(True)
         self.login_button.clicked.connect(self.submit)
         self.password.returnPressed.connect(self.submit)
+        # First contact (no pin yet): shown with the certificate the server presents,
+        # for the technician to compare and confirm (tech_console.first_contact).
+        self.trust_button = QPushButton("Trust this certificate and log in", self)
+        self.trust_button.setObjectName("trust")
+        self.trust_button.setVisible(False)
+        self.trust_button.clicked.connect(self.trust)
+        self.contact: FirstContact | None = None
+        self.fingerprint.textEdited.connect(self._forget_contact)
+        self.server.currentTextChanged.connect(self._forget_contact)
         self.find_button = QPushButton("Find servers on the network", self)
         self.find_button.setObjectName("discover")
         self.find_button.clicked.connect(self.find_servers)
@@ -119,6 +130,7 @@ class LoginDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.status)
+        layout.addWidget(self.trust_button)
         layout.addWidget(self.login_button)
         self.server.currentTextChanged.connect(self._fill_known)
         self._fill_known(self.server.currentText())
@@ -176,9 +188,42 @@ class LoginDialog(QDialog):
         if username:
             self.username.setText(username)
 
+    def _forget_contact(self, _text: str = "") -> None:
+        self.contact = None
+        self.trust_button.setVisible(False)
+
+    def trust(self) -> None:
+        """The technician confirmed the shown certificate: it becomes the pin."""
+        contact = self.contact
+        if contact is None:
+            return
+        self.fingerprint.setText(contact.fingerprint)
+        self._forget_contact()
+        self.submit()
+
+    async def _first_contact(self, address: str) -> None:
+        saved = next((s.fingerprint for s in self.settings.servers if s.address == address), None)
+        try:
+            contact = await first_contact(address, saved)
+        except RequestError as exc:
+            self.status.setText(f"Could not read the server's certificate: {exc}")
+            return
+        finally:
+            self.login_button.setEnabled(True)
+        self.contact = contact
+        self.status.setText(contact.question())
+        self.trust_button.setVisible(True)
+
     def submit(self) -> None:
         address = self.server.currentText().strip().rstrip("/")
         fingerprint = self.fingerprint.text().strip()
+        if not fingerprint and address.startswith("https://"):
+            if self._task is not None and not self._task.done():
+                return
+            self.status.setText(f"Reading the certificate of {address}…")
+            self.login_button.setEnabled(False)
+            self._task = asyncio.ensure_future(self._first_contact(address))
+            return
         problem = login_problem(address, fingerprint, self.username.text(), self.password.text())
         if problem:
             self.status.setText(problem)
@@ -194,7 +239,12 @@ class LoginDialog(QDialog):
         username = self.username.text().strip()
         try:
             await asyncio.wait_for(client.login(username, self.password.text()), 20)
-        except (RequestError, OSError, TimeoutError) as exc:
+        except RequestError as exc:
+            await client.close()
+            self.status.setText(refusal_text(exc, address))
+            self.login_button.setEnabled(True)
+            return
+        except (OSError, TimeoutError) as exc:
             await client.close()
             self.status.setText(f"Not logged in: {exc or type(exc).__name__}")
             self.login_button.setEnabled(True)

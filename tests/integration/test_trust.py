@@ -155,7 +155,7 @@ async def test_a_rewritten_offer_fingerprint_fails_the_call_visibly_on_the_conso
             rewritten.append(message.sdp)
         await genuine_send(message)  # type: ignore[arg-type]
 
-    link.send = send_through_an_impostor  # type: ignore[method-assign,assignment]
+    link.send = send_through_an_impostor  # type: ignore[method-assign]
     session = await console.start_session(pair.device_id, Mode.TEXT, "ticket SEC-1")
     model = SessionModel(console, session)
     try:
