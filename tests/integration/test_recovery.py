@@ -24,11 +24,17 @@ import pytest
 from bench.faults.restartable import PASSWORD, Fleet, ServerProcess, enrolment_code, make_fleet
 from device_agent.agent import DeviceAgent, enrol
 from device_agent.session_host import process_alive
-from device_agent.state import AgentState
+from device_agent.state import AgentState, ServiceConfig
 from peer.call_media import MediaOptions
 from peer.chat import DeliveryState
-from protocol.enums import CloseReason, LiveSupportStatus, Mode, SessionState
-from protocol.messages import NotifyDeliver, SessionInvite
+from protocol.enums import (
+    CloseReason,
+    LiveSupportStatus,
+    Mode,
+    NotificationState,
+    SessionState,
+)
+from protocol.messages import NotifyAnswer, NotifyDeliver, SessionInvite
 from signaling_server.store import Store
 from tech_console.client import ConsoleClient, ConsoleSession
 from tests.conftest import Lab
@@ -112,6 +118,18 @@ async def rig(tmp_path: Path, *, grace_s: float = 30.0) -> AsyncIterator[Rig]:
         await console.close()
         await made.agent.stop()
         await server.stop()
+
+
+@asynccontextmanager
+async def unreachable(agent: DeviceAgent) -> AsyncIterator[None]:
+    """The device's network is gone: its link leads nowhere (port 9 on loopback
+    refuses) until the block ends."""
+    link = agent.client
+    link.server, reachable = "https://127.0.0.1:9", link.server
+    try:
+        yield
+    finally:
+        link.server = reachable
 
 
 async def start_call(made: Rig, mode: Mode = Mode.VIDEO) -> ConsoleSession:
@@ -226,24 +244,132 @@ async def test_an_end_whose_session_ended_while_it_was_away_ends_it_too(tmp_path
         assert host is not None
         assert host.pid is not None
 
-        # The device's network goes: its link now leads nowhere (port 9 on loopback
-        # refuses), and the server dies meanwhile.
-        link = made.agent.client
-        link.server, reachable = "https://127.0.0.1:9", link.server
-        await made.server.kill()
-        await until(lambda: not made.agent.online, 20)
-        await made.server.start()
-        await made.console.wait_session(session, [SessionState.CLOSED], timeout_s=30)
-        assert session.last_update is not None
-        assert session.last_update.close_reason is CloseReason.DEVICE_LOST
-        assert made.agent.session is not None  # the device does not know yet
-        link.server = reachable
+        # The device's network goes, and the server dies meanwhile.
+        async with unreachable(made.agent):
+            await made.server.kill()
+            await until(lambda: not made.agent.online, 20)
+            await made.server.start()
+            await made.console.wait_session(session, [SessionState.CLOSED], timeout_s=30)
+            assert session.last_update is not None
+            assert session.last_update.close_reason is CloseReason.DEVICE_LOST
+            assert made.agent.session is not None  # the device does not know yet
         await until(lambda: made.agent.online, 30)
         await until(lambda: made.agent.session is None, 20)
         await asyncio.wait_for(host.exited.wait(), 20)
         assert host.ended is not None
         assert host.ended.media_released
         assert not process_alive(host.pid)
+
+
+# --- store and forward across restarts ---------------------------------------------------
+
+
+async def test_a_notification_sent_while_the_device_is_offline_survives_a_server_restart(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path) as made:
+        await made.agent.stop()
+        progress = await made.console.notify(
+            title="Update", body="Restart tonight", device_ids=[made.device_id]
+        )
+        await made.restart_server()
+        await until(lambda: made.console.link.online.is_set(), 30)
+
+        made.agent = made.new_agent()
+        await made.agent.start()
+        note = await asyncio.wait_for(made.notes.get(), 30)
+        assert (note.notification_id, note.body) == (progress.notification_id, "Restart tonight")
+        await until(lambda: progress.states[made.device_id] is NotificationState.DELIVERED, 20)
+
+
+async def test_a_delivered_but_unread_notification_comes_back_after_an_agent_restart(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path) as made:
+        progress = await made.console.notify(
+            title="Update", body="Restart tonight", device_ids=[made.device_id]
+        )
+        first = await asyncio.wait_for(made.notes.get(), 20)
+        await until(lambda: progress.states[made.device_id] is NotificationState.DELIVERED, 20)
+
+        # The agent restarts (and the server too) before the user read the pop-up.
+        await made.agent.stop()
+        await made.restart_server()
+        made.agent = made.new_agent()
+        await made.agent.start()
+        again = await asyncio.wait_for(made.notes.get(), 30)
+        assert again.notification_id == first.notification_id
+
+        await made.agent.mark_notification_read(again.notification_id)
+        store = await made.store()
+        try:
+            assert await store.pending_notifications(made.device_id) == []
+        finally:
+            await store.close()
+
+
+async def test_answers_given_while_the_server_is_down_are_sent_once_on_reconnect(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path) as made:
+        progress = await made.console.notify(
+            title="Printer", body="Is it fixed?", device_ids=[made.device_id]
+        )
+        note = await asyncio.wait_for(made.notes.get(), 20)
+        nid = note.notification_id
+        await until(lambda: progress.states[made.device_id] is NotificationState.DELIVERED, 20)
+
+        async with unreachable(made.agent):
+            await made.server.kill()
+            await until(lambda: not made.agent.online, 20)
+            # The user reads, then answers, while the server is out of reach: kept.
+            await made.agent.mark_notification_read(nid)
+            await made.agent.answer_notification(nid, "Yes, it prints")
+            assert list(made.agent.outbox) == [nid]
+            await made.server.start()
+            await until(lambda: made.console.link.online.is_set(), 30)
+        await until(lambda: made.agent.online and not made.agent.outbox, 30)
+        await until(lambda: progress.states[made.device_id] is NotificationState.ANSWERED, 20)
+        assert progress.answers[made.device_id] == "Yes, it prints"
+
+        # The reply to that answer lost with a dropping link: the agent sends it again,
+        # and the server takes it as the same act (no second update, no refusal).
+        made.agent.outbox[nid] = NotifyAnswer(notification_id=nid, text="Yes, it prints")
+        await made.agent._flush_outbox()
+        assert not made.agent.outbox
+        # A later notification's update arrives after anything the repeat caused.
+        later = await made.console.notify(title="Later", body="-", device_ids=[made.device_id])
+        await until(lambda: later.states[made.device_id] is NotificationState.DELIVERED, 20)
+        assert progress.history[made.device_id] == [
+            NotificationState.DELIVERED,
+            NotificationState.ANSWERED,
+        ]
+
+
+async def test_a_status_change_made_offline_is_reported_after_a_server_restart(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path) as made:
+        await made.server.kill()
+        await until(lambda: not made.agent.online, 20)
+        await made.agent.set_service(ServiceConfig(installed=True, enabled=False))
+        assert made.agent.status is LiveSupportStatus.DISABLED
+        await made.server.start()
+        await until(
+            lambda: (
+                made.console.devices.get(made.device_id) is not None
+                and made.console.devices[made.device_id].online
+                and made.console.devices[made.device_id].status is LiveSupportStatus.DISABLED
+            ),
+            30,
+        )
+        store = await made.store()
+        try:
+            device = await store.device(made.device_id)
+            assert device is not None
+            assert not device.service_enabled
+        finally:
+            await store.close()
 
 
 # --- a console that crashes --------------------------------------------------------------
