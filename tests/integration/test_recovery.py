@@ -1,7 +1,7 @@
 """Recovery (issue 6): the signaling server killed with SIGKILL and started again on
 the same port and data folder, mid-call and between calls.
 
-The server is a real ``livesupport server`` process (bench.faults.restartable); the
+The server is a real ``livesupport server`` process (bench.faults._restartable); the
 device is a real agent whose call runs in a real session process; the technician is
 a real ConsoleClient with its PeerCall. Media and chat go peer to peer, so the call
 must not notice the server's absence; afterwards both ends attach to the same session
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.faults.restartable import PASSWORD, Fleet, ServerProcess, enrolment_code, make_fleet
+from bench.faults._restartable import PASSWORD, Fleet, ServerProcess, enrolment_code, make_fleet
 from device_agent.agent import DeviceAgent, enrol
 from device_agent.session_host import process_alive
 from device_agent.state import AgentState, ServiceConfig
