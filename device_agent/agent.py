@@ -600,7 +600,9 @@ class DeviceAgent:
             session.path_lost_at = None
             await self.client.request(CallConnected(session_id=sid))
         elif isinstance(message, ipc.PathLost):
-            if session.path_lost_at is None:
+            # Not after a hang-up: the peer closing its end looks the same to the process.
+            in_call = session.state in (SessionState.CONNECTING, SessionState.IN_CALL)
+            if session.path_lost_at is None and in_call:
                 session.path_lost_at = time.monotonic()
                 log.info("the call's media path was lost")
         elif isinstance(message, ipc.HangUp):

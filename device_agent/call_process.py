@@ -27,8 +27,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from aiortc import RTCIceServer
-
 from device_agent.ipc import (
     TO_AGENT,
     TO_SESSION,
@@ -40,8 +38,10 @@ from device_agent.ipc import (
     Ended,
     Fingerprints,
     HangUp,
+    IceConfig,
     Interruption,
     Link,
+    PathLost,
     Query,
     RemoteHangup,
     Report,
@@ -53,11 +53,12 @@ from device_agent.ipc import (
     wrap_signal,
 )
 from peer import encoders
-from peer.call import PeerCall
+from peer.call import CallState, PeerCall
 from peer.call_media import CallMedia, MediaOptions
-from peer.chat import ChatEntry, DeliveryState, Listeners
+from peer.chat import ChatEntry, ChatLog, DeliveryState, Listeners
 from peer.devices import DeviceKind, MediaDevice
 from peer.media import MediaDevices
+from peer.relay import rtc_ice_servers
 from protocol.codec import Message, to_wire_dict
 from protocol.enums import AudioInterruption, Mode, SdpType
 from protocol.errors import ProtocolError
@@ -85,8 +86,13 @@ class CallSession:
         self.devices = devices
         self.options = options or MediaOptions()
         self.call: PeerCall | None = None
+        #: ICE servers and policy for the next call (the server's, once it sent them).
+        self.ice = IceConfig(ice_servers=begin.ice_servers)
         #: Calls made in this session (1, then one more per resume).
         self.calls = 0
+        #: Connections that replaced one whose media path was lost (same call, same
+        #: chat, same devices; docs/calls.md, "Path loss").
+        self.recoveries = 0
         self.interruption = AudioInterruption.NONE
         #: Fired with each new call (the view attaches to its chat and media).
         self.call_listeners: Listeners[PeerCall] = Listeners()
@@ -115,6 +121,8 @@ class CallSession:
             await self.set_interruption(message.interruption)
         elif isinstance(message, Show):
             self.show_listeners.fire(None)
+        elif isinstance(message, IceConfig):
+            self.ice = message
         elif isinstance(message, Query):
             await self.report()
         elif isinstance(message, End):
@@ -126,6 +134,12 @@ class CallSession:
                 log.info("a signal before the call's offer was dropped")
                 return
             self.call = self._new_call()
+        elif isinstance(message, SignalSdp) and message.sdp_type is SdpType.OFFER:
+            # An offer during a call: the technician's side replaces a connection
+            # whose path was lost (aiortc has no ICE restart). The agent already
+            # decided that it may come through (within the grace period, or after
+            # a new prompt); the chat and the open devices carry over.
+            await self._replace_call(self.call)
         call = self.call
         await call.handle_signal(message)
         if isinstance(message, SignalSdp) and message.sdp_type is SdpType.OFFER:
@@ -138,10 +152,18 @@ class CallSession:
                 )
             )
 
-    def _new_call(self) -> PeerCall:
+    async def _replace_call(self, lost: PeerCall) -> None:
+        self.call = self._new_call(predecessor=lost)
+        self.recoveries += 1
+        log.info("replacing the call's connection (path lost)")
+        await lost.detach()
+
+    def _new_call(self, predecessor: PeerCall | None = None) -> PeerCall:
         begin = self.begin
         media = None
-        if begin.mode is not Mode.TEXT:
+        if predecessor is not None:
+            media = predecessor.media  # its listeners stay as they were
+        elif begin.mode is not Mode.TEXT:
             media = CallMedia(self.devices, begin.mode, self.options)
             if self.interruption is not AudioInterruption.NONE:
                 media.set_interruption(self.interruption)
@@ -153,19 +175,15 @@ class CallSession:
             is_offerer=False,
             author=begin.device_name,
             send_signal=self._send_signal,
-            ice_servers=[
-                RTCIceServer(
-                    urls=list(server.urls),
-                    username=server.username or None,
-                    credential=server.credential or None,
-                )
-                for server in begin.ice_servers
-            ],
+            ice_servers=rtc_ice_servers(self.ice.ice_servers),
+            relay_only=self.ice.relay_only,
             media=media,
+            chat=predecessor.chat if predecessor is not None else None,
         )
-        self.calls += 1
-        call.chat.listeners.add(self._count)
-        call.state_listeners.add(lambda _state: self.changed_listeners.fire(None))
+        if predecessor is None:
+            self.calls += 1
+            call.chat.listeners.add(self._count)
+        call.state_listeners.add(lambda state: self._on_call_state(call, state))
 
         async def report_connected() -> None:
             await call.connected.wait()
@@ -176,6 +194,12 @@ class CallSession:
         self.call_listeners.fire(call)
         self.changed_listeners.fire(None)
         return call
+
+    def _on_call_state(self, call: PeerCall, state: CallState) -> None:
+        self.changed_listeners.fire(None)
+        if call.dropped and call is self.call and state in (CallState.FAILED, CallState.CLOSED):
+            self._spawn(self.link.send(PathLost()))
+            self._spawn(self.report())
 
     def _on_media_change(self) -> None:
         self.changed_listeners.fire(None)
@@ -297,6 +321,7 @@ class CallSession:
         call, media = self.call, self.media
         return {
             "calls": self.calls,
+            "recoveries": self.recoveries,
             "call_state": call.state.value if call is not None else None,
             "chat_open": call.chat_open if call is not None else False,
             "interruption": self.interruption.value,
@@ -343,19 +368,27 @@ class ScriptedDeviceUser:
         self.controls = list(controls)
         self.step_s = step_s
         self._tasks: set[asyncio.Task[None]] = set()
+        self._chat: ChatLog | None = None
         session.call_listeners.add(self._on_call)
 
     def _on_call(self, call: PeerCall) -> None:
+        if call.chat is self._chat:
+            return  # a recovered connection of the same call: same log, same user
+        self._chat = call.chat
+
         def on_entry(entry: ChatEntry) -> None:
             if not entry.outgoing and entry.state is DeliveryState.DELIVERED:
-                self._run(self._read_and_reply(call, entry.message_id))
+                self._run(self._read_and_reply(entry.message_id))
 
         call.chat.listeners.add(on_entry)
         if self.controls:
             controls, self.controls = self.controls, []  # once per session
             self._run(self._play_controls(call, controls))
 
-    async def _read_and_reply(self, call: PeerCall, message_id: str) -> None:
+    async def _read_and_reply(self, message_id: str) -> None:
+        call = self.session.call  # the connection of the moment (it may have been replaced)
+        if call is None:
+            return
         await call.mark_read([message_id])
         if self.replies:
             await call.send_chat(self.replies.pop(0))

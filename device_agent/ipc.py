@@ -89,6 +89,17 @@ class Begin(Message):
     show_window: bool = True
 
 
+@TO_SESSION.register("session.ice", _P)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IceConfig(Message):
+    """The ICE servers and policy of the session's next calls, from the server's
+    ``connecting`` update (a TURN credential minted for this call end, the group's
+    relay-only flag), before the technician's offer. Replaces ``Begin.ice_servers``."""
+
+    ice_servers: Annotated[tuple[IceServer, ...], Items(0, 8)] = ()
+    relay_only: bool = False
+
+
 @TO_SESSION.register("session.signal", _P)
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SignalIn(Message):
@@ -165,6 +176,14 @@ class Fingerprints(Message):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CallUp(Message):
     """The peer connection and its chat channel are up."""
+
+
+@TO_AGENT.register("session.path_lost", _P)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PathLost(Message):
+    """The call's media path is gone (its consent checks failed): the technician's
+    side will offer a new connection, which the agent lets through without a new
+    prompt only within its grace period (docs/calls.md, "Path loss")."""
 
 
 @TO_AGENT.register("session.hang_up", _P)

@@ -38,6 +38,7 @@ from aiortc import (
     RTCDataChannel,
     RTCIceCandidate,
     RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCRtpSender,
     RTCSessionDescription,
@@ -184,7 +185,9 @@ class PeerCall:
         author: str,
         send_signal: SendSignal,
         ice_servers: Sequence[RTCIceServer] = (),
+        relay_only: bool = False,
         media: CallMedia | None = None,
+        chat: ChatLog | None = None,
     ) -> None:
         # Check the author once here rather than failing on the first message sent.
         CHAT.encode(ChatMessage(message_id="check", text="-", sent_at_ms=0, author=author))
@@ -195,7 +198,9 @@ class PeerCall:
         #: Voice and video of this end (None: a text call).
         self.media = media
 
-        self.chat = ChatLog()
+        #: A recovered call (a new connection after a lost path) continues the chat
+        #: log and the media of the call it replaces: see ``detach``.
+        self.chat = chat if chat is not None else ChatLog()
         #: Set once the chat channel is open on this side.
         self.connected = asyncio.Event()
         #: Set once the peer connection is closed, by us or by the far end.
@@ -204,9 +209,14 @@ class PeerCall:
         self.state_listeners: Listeners[CallState] = Listeners()
         #: Chat frames from the peer that failed to decode (or made no sense) and were dropped.
         self.bad_frames = 0
+        #: The connection failed or closed without this end closing it: its media path
+        #: was lost (or the peer closed). The session's owners then replace it.
+        self.dropped = False
 
         self._state = CallState.NEW
         self._closing = False
+        #: Handed its chat and media to a successor (``detach``): close() leaves them.
+        self._detached = False
         self._started = False
         self._typing_sent = False
         self._local_fingerprint: str | None = None
@@ -221,11 +231,22 @@ class PeerCall:
         self._byte_marks: dict[str, tuple[float, int]] = {}
 
         ice.apply_environment()  # an operator's (or the tests') choice of host addresses
-        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
+        ice.apply_consent_checks()  # a lost path is noticed in seconds, not 30 s
+        #: Kept for a call that replaces this one (same servers, same policy).
+        self.ice_servers = list(ice_servers)
+        #: Relay-only policy: aioice then gathers nothing but TURN relay candidates,
+        #: ignores the peer's others and hides the relay candidate's related
+        #: address, so no address of this host (private or public) is ever sent.
+        self.relay_only = relay_only
+        policy = RTCIceTransportPolicy.RELAY if relay_only else RTCIceTransportPolicy.ALL
+        self._pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=self.ice_servers, iceTransportPolicy=policy)
+        )
         self._pc.on("connectionstatechange", self._on_connection_state)
         self._pc.on("track", self._on_track)
-        if media is not None:
-            media.local_listeners.add(self._send_media_state)
+        self._unhook_media = (
+            media.local_listeners.add(self._send_media_state) if media is not None else None
+        )
         self._channel: RTCDataChannel | None = None
         if is_offerer:
             # Created before the offer so the offer carries the SCTP m-line.
@@ -335,7 +356,10 @@ class PeerCall:
         the order of the offer."""
         if self.media is None:
             return
-        for track in self.media.open():
+        if not self.media.opened:
+            self.media.open()
+        # Stand-ins: a recovered call sends the tracks its predecessor had open.
+        for track in self.media.tracks():
             sender = self._pc.addTrack(track)
             if self.is_offerer and track.kind == "video":
                 self._prefer_codec(sender, self.media.options.video_codec)
@@ -491,6 +515,10 @@ class PeerCall:
         if state is self._state:
             return
         self._state = state
+        if state in (CallState.FAILED, CallState.CLOSED) and not self._closing:
+            # Not our close(): the path is gone (consent checks failed; aiortc then
+            # closes the whole connection) or the peer closed its end.
+            self.dropped = True
         if state is CallState.CLOSED:
             self.closed.set()
         self.state_listeners.fire(state)
@@ -507,9 +535,27 @@ class PeerCall:
                 self._channel.close()
         # aiortc's close is idempotent: a second call waits for the first to finish.
         await self._pc.close()
-        if self.media is not None:
+        if self.media is not None and not self._detached:
             # After the peer connection: its senders no longer pull from our tracks.
             await self.media.close()
+        self.closed.set()
+
+    async def detach(self) -> None:
+        """Close the peer connection but keep the chat log and the media open, for
+        the call that replaces this one after its path was lost (same session, same
+        window): the successor is made with ``chat=old.chat, media=old.media``."""
+        self._detached = True
+        if not self._closing:
+            self._closing = True
+            if self._unhook_media is not None:
+                self._unhook_media()
+            # No channel.close(): its SCTP reset cannot cross a lost path (aiortc
+            # would log the failed send); closing the connection ends the channel.
+        await self._pc.close()
+        if self.media is not None:
+            # The peer's tracks of this connection end with it; the next connection's
+            # tracks get fresh receivers.
+            await self.media.detach_remote()
         self.closed.set()
 
     async def stats(self) -> CallStats:
@@ -640,6 +686,18 @@ class PeerCall:
             return str(pair.local_candidate.type), str(pair.remote_candidate.type)
         except AttributeError:
             return None, None
+
+    def selected_hosts(self) -> tuple[str, str] | None:
+        """The local and the remote address of the pair ICE nominated (None before
+        one is, or if aioice's private table changed): which path the call is on."""
+        sctp = self._pc.sctp
+        try:
+            pair = sctp.transport.transport._connection._nominated.get(1) if sctp else None
+            if pair is None:
+                return None
+            return str(pair.local_candidate.host), str(pair.remote_candidate.host)
+        except AttributeError:
+            return None
 
     def _check_open(self) -> None:
         if self._closing:

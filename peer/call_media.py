@@ -27,6 +27,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
 from peer.chat import Listeners
 from peer.devices import DeviceKind, MediaDevice
 from peer.media import (
@@ -41,7 +43,8 @@ from protocol.chat import MediaState
 from protocol.enums import AudioInterruption, CameraFacing, Mode
 
 if TYPE_CHECKING:
-    from aiortc import MediaStreamTrack
+    from av.frame import Frame
+    from av.packet import Packet
 
     from peer.devices import AudioOutput, VideoSource
 
@@ -77,6 +80,22 @@ def _facing(device: MediaDevice | None) -> CameraFacing:
         return CameraFacing(device.facing.value)
     except ValueError:
         return CameraFacing.UNKNOWN
+
+
+class ConnectionTrack(MediaStreamTrack):
+    """One peer connection's view of a track of the call. aiortc's sender stops the
+    track it sends when its connection closes; it stops this stand-in, and the call's
+    own track (camera or microphone still open) goes on for the next connection."""
+
+    def __init__(self, track: MediaStreamTrack) -> None:
+        super().__init__()
+        self.kind = track.kind
+        self.track = track
+
+    async def recv(self) -> Frame | Packet[Any]:
+        if self.readyState != "live":
+            raise MediaStreamError
+        return await self.track.recv()
 
 
 class CallMedia:
@@ -149,6 +168,30 @@ class CallMedia:
             tracks.append(self.video_track)
         self._apply_audio_gates()
         return tracks
+
+    @property
+    def opened(self) -> bool:
+        return self._opened
+
+    def tracks(self) -> list[MediaStreamTrack]:
+        """What one peer connection sends: a stand-in for each open track
+        (``ConnectionTrack``), so that the next connection of the same call (after a
+        lost path) sends the same tracks: the devices stay open, nothing restarts."""
+        if not self._opened or self._closed:
+            raise RuntimeError("the call's media is not open")
+        return [ConnectionTrack(t) for t in (self.audio_track, self.video_track) if t]
+
+    async def detach_remote(self) -> None:
+        """Stop receiving the peer's tracks of a connection that is gone; the next
+        connection's tracks attach afresh (``attach_remote``)."""
+        receivers, self.audio_in, self.video_in = (self.audio_in, self.video_in), None, None
+        for receiver in receivers:
+            if receiver is not None:
+                await receiver.stop()
+        if self._output is not None and self._output.closed and self.speaker is not None:
+            # The audio receiver owns its output and closed it with itself: the next
+            # connection's sound plays on the same speaker, opened again.
+            self._output = self.devices.open_speaker(self.speaker)
 
     def _open_camera(self) -> VideoSource | None:
         if self.camera is None:

@@ -362,11 +362,12 @@ class ConsoleClient:
         return call
 
     def _on_call_state(self, session: ConsoleSession, call: PeerCall, state: CallState) -> None:
-        if state is CallState.FAILED and session.call is call and session.state not in FINAL:
+        if call.dropped and session.call is call and session.state not in FINAL:
             self._spawn(self._recover(session, call))
 
     async def _recover(self, session: ConsoleSession, lost: PeerCall) -> None:
-        """The call's media path is gone (its consent checks failed). aiortc has no
+        """The call's media path is gone (its consent checks failed; the peer closing
+        its end looks the same until its hang-up arrives). aiortc has no
         ICE restart, so a new peer connection replaces it in the same session: a new
         offer through the server, which the device answers at once within its grace
         period, or after asking its user again past it. The chat log and the open
