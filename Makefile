@@ -1,7 +1,8 @@
 # Live Support — the two commands a person needs: `make demo` and `make test`.
 # Both set up what they need on a fresh machine: a virtual environment with the
-# project installed, and the few system libraries Qt needs (installed when we are
-# root, otherwise the exact command to run is printed).
+# project installed, the few system libraries Qt needs and coturn (the relay tests
+# start a real TURN server), installed when we are root, otherwise the exact command
+# to run is printed.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -24,6 +25,7 @@ $(STAMP): pyproject.toml
 
 system-libs: $(STAMP)
 	@bash scripts/ensure_system_libs.sh $(BIN)/python
+	@bash scripts/ensure_coturn.sh
 
 lint: setup
 	$(BIN)/ruff check .

@@ -323,6 +323,7 @@ class CallSession:
             "calls": self.calls,
             "recoveries": self.recoveries,
             "call_state": call.state.value if call is not None else None,
+            "call_failure": call.failure if call is not None else None,
             "chat_open": call.chat_open if call is not None else False,
             "interruption": self.interruption.value,
             "local_media": to_wire_dict(media.state()) if media is not None else None,

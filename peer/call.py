@@ -164,6 +164,10 @@ def _parse_candidate(message: SignalCandidate) -> RTCIceCandidate:
     return candidate
 
 
+class NoCandidates(LocalProtocolError):
+    """ICE gathered no candidate: no address of this end works (no network)."""
+
+
 class PeerCall:
     """One peer connection for one session, with its chat.
 
@@ -214,6 +218,8 @@ class PeerCall:
         self.dropped = False
 
         self._state = CallState.NEW
+        #: Why the call failed, when this end knows (no relay candidate in relay-only mode).
+        self.failure: str | None = None
         self._closing = False
         #: Handed its chat and media to a successor (``detach``): close() leaves them.
         self._detached = False
@@ -276,8 +282,10 @@ class PeerCall:
 
     # -- negotiation ------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Offerer only: create the offer and send it."""
+    async def start(self, *, require_candidates: bool = False) -> None:
+        """Offerer only: create the offer and send it. With ``require_candidates``,
+        an offer without a single candidate (this end has no network at all) is not
+        sent: ``NoCandidates`` is raised instead (aiortc would wait forever on it)."""
         if not self.is_offerer:
             raise LocalProtocolError(ErrorCode.BAD_STATE, "only the offerer starts a call")
         async with self._negotiation:
@@ -287,6 +295,8 @@ class PeerCall:
             self._started = True
             self._add_local_media()
             await self._pc.setLocalDescription(await self._pc.createOffer())
+            if require_candidates and "a=candidate:" not in self._pc.localDescription.sdp:
+                raise NoCandidates(ErrorCode.BAD_STATE, "no network address to offer")
             await self._send_local_description(SdpType.OFFER)
 
     async def handle_signal(self, message: SignalSdp | SignalCandidate) -> None:
@@ -345,8 +355,35 @@ class PeerCall:
         # The local description, not createOffer()/createAnswer()'s result: only
         # this one carries the candidates gathered in setLocalDescription.
         sdp: str = self._pc.localDescription.sdp
+        await self._check_relay(sdp)
         self._local_fingerprint = _fingerprint(sdp)
         await self._send_signal(SignalSdp(session_id=self.session_id, sdp_type=sdp_type, sdp=sdp))
+
+    async def _check_relay(self, sdp: str) -> None:
+        """A TURN server that gave no relay candidate (aioice drops the error: an
+        expired or forged credential, a server that cannot be reached) is said
+        here. In relay-only mode the call cannot connect without one: it fails at
+        once, with the reason, instead of waiting out ICE's timeout."""
+        turn = any(
+            url.startswith("turn")
+            for server in self.ice_servers
+            for url in ([server.urls] if isinstance(server.urls, str) else server.urls)
+        )
+        if not turn or " typ relay" in sdp:
+            return
+        reason = (
+            "the TURN server gave no relay candidate: it refused this end's credential "
+            "(expired or not minted with its secret) or cannot be reached"
+        )
+        if not self.relay_only:
+            logger.warning("%s; the call tries direct routes only", reason)
+            return
+        # Failed, and not ``dropped``: no path was lost, and a new connection with
+        # the same credential would fail the same way. The owner closes the call.
+        self.failure = reason
+        self._state = CallState.FAILED
+        self.state_listeners.fire(CallState.FAILED)
+        raise LocalProtocolError(ErrorCode.UNAVAILABLE, reason)
 
     def _add_local_media(self) -> None:
         """Open this end's devices and add their tracks, before the offer or the answer

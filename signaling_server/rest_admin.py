@@ -369,6 +369,7 @@ def group_json(group: Group, device_count: int) -> dict[str, Any]:
         "name": group.name,
         "allowed_modes": [m.value for m in group.allowed_modes],
         "service_enabled": group.service_enabled,
+        "relay_only": group.relay_only,
         "device_count": device_count,
     }
 
@@ -716,13 +717,18 @@ async def list_groups(request: web.Request) -> web.Response:
 
 async def create_group(request: web.Request) -> web.Response:
     admin = await require(request, Action.MANAGE_GROUPS, "group.create")
-    fields = Fields(await read_json(request), ("name", "allowed_modes", "service_enabled"))
+    fields = Fields(
+        await read_json(request), ("name", "allowed_modes", "service_enabled", "relay_only")
+    )
     name = fields.text("name", min_len=1, max_len=128)
     modes = fields.modes("allowed_modes") if "allowed_modes" in fields else tuple(Mode)
     enabled = fields.flag("service_enabled", True)
+    relay_only = fields.flag("relay_only", False)
     store = request.app[STORE]
     try:
-        group = await store.create_group(name, allowed_modes=modes, enabled=enabled)
+        group = await store.create_group(
+            name, allowed_modes=modes, enabled=enabled, relay_only=relay_only
+        )
     except Conflict as exc:
         raise ApiError(409, ErrorCode.CONFLICT, str(exc)) from None
     await store.audit(
@@ -732,6 +738,7 @@ async def create_group(request: web.Request) -> web.Response:
         name=name,
         allowed_modes=[m.value for m in modes],
         service_enabled=enabled,
+        relay_only=relay_only,
     )
     return web.json_response(group_json(group, 0), status=201)
 
@@ -739,14 +746,17 @@ async def create_group(request: web.Request) -> web.Response:
 async def set_group_policy(request: web.Request) -> web.Response:
     admin = await require(request, Action.SET_POLICY, "group.policy")
     group_id = request.match_info["group_id"]
-    fields = Fields(await read_json(request), ("allowed_modes", "service_enabled"))
+    fields = Fields(await read_json(request), ("allowed_modes", "service_enabled", "relay_only"))
     modes = fields.modes("allowed_modes") if "allowed_modes" in fields else None
     enabled = fields.flag("service_enabled", True) if "service_enabled" in fields else None
-    if modes is None and enabled is None:
-        raise invalid("nothing to change: give allowed_modes, service_enabled or both")
+    relay_only = fields.flag("relay_only", False) if "relay_only" in fields else None
+    if modes is None and enabled is None and relay_only is None:
+        raise invalid("nothing to change: give allowed_modes, service_enabled or relay_only")
     store = request.app[STORE]
     try:
-        group = await store.set_group_policy(group_id, allowed_modes=modes, enabled=enabled)
+        group = await store.set_group_policy(
+            group_id, allowed_modes=modes, enabled=enabled, relay_only=relay_only
+        )
     except NotFound as exc:
         raise ApiError(404, ErrorCode.NOT_FOUND, str(exc)) from None
     await request.app[HUB].group_policy_changed(group.id)
@@ -756,6 +766,7 @@ async def set_group_policy(request: web.Request) -> web.Response:
         target=group.id,
         allowed_modes=[m.value for m in group.allowed_modes],
         service_enabled=group.service_enabled,
+        relay_only=group.relay_only,
     )
     counts = await store.device_counts()
     return web.json_response(group_json(group, counts.get(group.id, 0)))

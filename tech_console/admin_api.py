@@ -135,6 +135,8 @@ class GroupRecord:
     service_enabled: bool
     #: Enrolled devices in the group, revoked ones not counted.
     device_count: int
+    #: Calls of the group's devices are relayed by TURN only (docs/turn.md).
+    relay_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +352,7 @@ def _group(data: Any) -> GroupRecord:
         allowed_modes=tuple(modes),
         service_enabled=r.flag("service_enabled"),
         device_count=r.number("device_count"),
+        relay_only=r.flag("relay_only"),
     )
 
 
@@ -532,11 +535,13 @@ class AdminApi:
         *,
         allowed_modes: Sequence[Mode] = tuple(Mode),
         service_enabled: bool = True,
+        relay_only: bool = False,
     ) -> GroupRecord:
         body = {
             "name": name,
             "allowed_modes": [m.value for m in allowed_modes],
             "service_enabled": service_enabled,
+            "relay_only": relay_only,
         }
         return _group(await self._post("/api/v1/admin/groups", body))
 
@@ -546,6 +551,7 @@ class AdminApi:
         *,
         allowed_modes: Sequence[Mode] | None = None,
         service_enabled: bool | None = None,
+        relay_only: bool | None = None,
     ) -> GroupRecord:
         """Applies at once: the group's devices and the consoles that see them hear
         of it; switching the service off ends the group's open sessions."""
@@ -554,6 +560,8 @@ class AdminApi:
             body["allowed_modes"] = [m.value for m in allowed_modes]
         if service_enabled is not None:
             body["service_enabled"] = service_enabled
+        if relay_only is not None:
+            body["relay_only"] = relay_only
         path = f"/api/v1/admin/groups/{_segment(group_id)}/policy"
         return _group(await self._post(path, body))
 

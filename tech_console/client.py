@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from aiortc import RTCIceServer
 
-from peer.call import CallState, PeerCall
+from peer.call import CallState, NoCandidates, PeerCall
 from peer.call_media import CallMedia, MediaOptions
 from peer.chat import Listeners
 from peer.media import MediaDevices
@@ -58,6 +58,8 @@ FINAL = (SessionState.CLOSED, SessionState.REJECTED, SessionState.EXPIRED)
 #: slower while the path stays gone (a failed attempt without any working address
 #: fails within a second; this keeps that from turning into a loop of offers).
 RECOVERY_DELAYS_S = (0.0, 1.0, 2.0, 4.0)
+#: How long an answered new connection may take to come up before the next is tried.
+RECOVERY_ATTEMPT_S = 10.0
 
 
 @dataclass
@@ -75,7 +77,8 @@ class ConsoleSession:
     consent_verified: bool = False
     consent_error: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Connections that replaced one whose media path was lost (docs/calls.md).
+    #: Connections that replaced one whose media path was lost and came up
+    #: (docs/calls.md, "Path loss").
     recoveries: int = 0
     #: Replacements tried since the path was lost (paces the next one).
     recovery_attempts: int = 0
@@ -353,6 +356,8 @@ class ConsoleClient:
 
         async def report_connected() -> None:
             await call.connected.wait()
+            if predecessor is not None:
+                session.recoveries += 1
             session.recovery_attempts = 0
             session.path_lost_at = None
             await self.link.request(CallConnected(session_id=session.session_id))
@@ -385,13 +390,31 @@ class ConsoleClient:
         # Set before anything awaits: a hang-up meanwhile closes the new call (and
         # with it the devices), never the detached one.
         session.call = call
-        session.recoveries += 1
         session.consent_verified = False  # until the receipt for the new keys comes
-        log.info("session %s: path lost, offering a new connection", session.session_id)
         await lost.detach()
         session.touch()
         self.session_listeners.fire(session)
-        await call.start()
+        try:
+            await call.start(require_candidates=True)
+        except NoCandidates:
+            # No network on this end either: nothing worth offering; try again later.
+            call.dropped = True
+            self._spawn(self._recover(session, call))
+            return
+        log.info("session %s: path lost, offered a new connection", session.session_id)
+        while not call.connected.is_set():
+            try:
+                await asyncio.wait_for(call.connected.wait(), RECOVERY_ATTEMPT_S)
+            except TimeoutError:
+                if session.call is not call or session.state in FINAL:
+                    return
+                if call.remote_fingerprint is not None:
+                    # Answered, yet nothing connects (no address pair works; aiortc
+                    # does not even start ICE without a local candidate): next one.
+                    call.dropped = True
+                    self._spawn(self._recover(session, call))
+                    return
+                # Not answered yet: the device user may be being asked again.
 
     def _on_consent(self, receipt: ConsentReceipt) -> None:
         """Verify the device's signature and that it binds *this* call's fingerprints."""

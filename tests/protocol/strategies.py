@@ -26,9 +26,11 @@ MAX_ITEMS = 3
 
 _B64_PATTERNS = {r"^[A-Za-z0-9+/]+={0,2}$", r"^[A-Za-z0-9+/]*={0,2}$"}
 _FINGERPRINT_PATTERN = r"^[A-Za-z0-9-]+ [0-9A-Fa-f:]+$"
+_ICE_URL_PATTERN = r"^(stun|stuns|turn|turns):[^\s]+$"
 #: Patterns that are one character class repeated: the class spelled out.
 _CHAR_CLASSES = {
     r"^[A-Za-z0-9_.:-]+$": string.ascii_letters + string.digits + "_.:-",
+    r"^[A-Za-z0-9_.:-]*$": string.ascii_letters + string.digits + "_.:-",
     r"^[A-Za-z0-9_.~-]+$": string.ascii_letters + string.digits + "_.~-",
     r"^[A-Za-z0-9_.+-]+$": string.ascii_letters + string.digits + "_.+-",
 }
@@ -57,9 +59,17 @@ def _fingerprint() -> st.SearchStrategy[str]:
     return digest.map(lambda hexed: f"sha-256 {hexed}")
 
 
+def _ice_url() -> st.SearchStrategy[str]:
+    scheme = st.sampled_from(["stun", "stuns", "turn", "turns"])
+    rest = st.text(st.sampled_from(string.ascii_letters + string.digits + ".:?=-"), min_size=1)
+    return st.tuples(scheme, rest).map(lambda parts: f"{parts[0]}:{parts[1][:MAX_TEXT]}")
+
+
 def text_strategy(spec: Text) -> st.SearchStrategy[str]:
     if spec.pattern is None:
         return _free_text(spec)
+    if spec.pattern == _ICE_URL_PATTERN:
+        return _ice_url()
     if spec.pattern in _B64_PATTERNS:
         return _b64(spec)
     if spec.pattern == _FINGERPRINT_PATTERN:
