@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 from device_agent.agent_model import MAX_ANSWER_CHARS, AgentModel, InboxItem
 from device_agent.ui.prompt import plain_label
 from peer.signaling import RequestError
+from peer.ui.text import display_name
 from peer.ui.theme import TOUCH_TARGET_PX
 
 _CARD_STYLE = (
@@ -59,7 +60,9 @@ class NotificationCard(QFrame):
         self.item = item
         self.setObjectName("notificationCard")
         self.setStyleSheet(_CARD_STYLE)
-        self.setAccessibleName(f"Notification from {item.sender}: {item.title}")
+        self.setAccessibleName(
+            f"Notification from {display_name(item.sender)}: {display_name(item.title)}"
+        )
         self.title = plain_label(item.title, self, name="noteTitle")
         self.meta = plain_label(f"From {item.sender} at {_when(item.sent_at_ms)}", self)
         self.meta.setObjectName("noteMeta")
@@ -141,7 +144,7 @@ class NotificationPopup(QWidget):
     def __init__(self, model: AgentModel, item: InboxItem) -> None:
         super().__init__(None)
         self.setObjectName("notificationPopup")
-        self.setWindowTitle(f"Notification: {item.title}")
+        self.setWindowTitle(f"Notification: {display_name(item.title)}")
         self.setWindowFlags(
             Qt.WindowType.Tool
             | Qt.WindowType.WindowStaysOnTopHint

@@ -21,19 +21,20 @@ from PySide6.QtWidgets import (
 
 from device_agent.agent_model import IncomingCall, PromptState
 from device_agent.ui.ringer import Ringer
+from peer.ui.text import PlainLabel, display_name
 from peer.ui.theme import TOUCH_TARGET_PX
 
 PHOTO_PX = 96
 
 
 def plain_label(text: str, parent: QWidget, *, name: str = "") -> QLabel:
-    label = QLabel(parent)
-    label.setTextFormat(Qt.TextFormat.PlainText)
+    """A wrapped label for text the technician typed: plain, display-safe (bidi
+    controls escaped, capped; peer.ui.text), also when set later."""
+    label = PlainLabel(text, parent)
     label.setWordWrap(True)
-    label.setText(text)
     if name:
         label.setObjectName(name)
-        label.setAccessibleName(text)
+        label.setAccessibleName(label.text())
     return label
 
 
@@ -71,7 +72,7 @@ class IncomingCallDialog(QDialog):
         super().__init__(parent)
         self.call = call
         self.setObjectName("incomingCall")
-        self.setWindowTitle(f"Incoming Live Support call from {call.technician}")
+        self.setWindowTitle(f"Incoming Live Support call from {display_name(call.technician)}")
         self.setAccessibleName(self.windowTitle())
         # On top of everything and not closable by accident: only an answer, the
         # countdown or the technician ends it.

@@ -81,6 +81,7 @@ from PySide6.QtWidgets import (
 from peer.chat import ChatEntry, ChatLog, DeliveryState
 from peer.typing import TYPING_IDLE_S, TypingTracker
 from peer.ui import theme
+from peer.ui.text import display_name, display_text
 from protocol.fields import UserText
 
 #: The protocol's limit for one chat message (``protocol.fields.UserText``).
@@ -238,6 +239,11 @@ class ChatListModel(QAbstractListModel):
     # -- the log's listeners ------------------------------------------------------------
 
     def _on_entry(self, entry: ChatEntry) -> None:
+        # The peer typed the text and chose the name: shown display-safe (bidi
+        # controls escaped, capped; peer.ui.text) by every role of the model.
+        entry = dataclasses.replace(
+            entry, text=display_text(entry.text), author=display_name(entry.author)
+        )
         key = (entry.outgoing, entry.message_id)
         row = self._row_of.get(key)
         if row is None:
@@ -798,7 +804,7 @@ class ChatPanel(QWidget):
 
     def set_peer_name(self, name: str) -> None:
         """Whose typing the "… is typing" line announces."""
-        self._typing_label.setText(f"{name} is typing…" if name else "Typing…")
+        self._typing_label.setText(f"{display_name(name)} is typing…" if name else "Typing…")
 
     def poll_typing(self) -> None:
         """End "typing" if the user has paused long enough (the idle timer's slot)."""

@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
 )
 
 from peer.signaling import RequestError
+from peer.ui.text import display_text
 from protocol.enums import Mode, NotificationState
 from tech_console.admin_api import (
     AdminApi,
@@ -131,7 +132,8 @@ class RecordModel(QAbstractTableModel, Generic[T]):
     def set_records(self, records: Sequence[T]) -> None:
         self.beginResetModel()
         self.records = list(records)
-        self._rows = [self.cells(r) for r in self.records]
+        # Names, reasons and summaries were typed elsewhere: shown display-safe.
+        self._rows = [[display_text(c) for c in self.cells(r)] for r in self.records]
         self.endResetModel()
 
     def record(self, row: int) -> T | None:
@@ -370,7 +372,8 @@ class HistoryView(QWidget):
         self.session_table.selectionModel().currentRowChanged.connect(
             lambda current, _previous: self._show_detail(current.row())
         )
-        self._dialog: QFileDialog | None = None
+        #: The open "Export CSV" save dialog, if any.
+        self.export_dialog: QFileDialog | None = None
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -454,10 +457,12 @@ class HistoryView(QWidget):
         dialog.setObjectName("exportDialog")
         dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
         dialog.setDefaultSuffix("csv")
+        # Qt's own dialog, the same on every platform (and the one tests can drive).
+        dialog.setOption(QFileDialog.Option.DontUseNativeDialog)
         export = self.export_sessions if what == "sessions" else self.export_notifications
         dialog.fileSelected.connect(lambda name: export(Path(name)))
         dialog.finished.connect(lambda _result: dialog.deleteLater())
-        self._dialog = dialog
+        self.export_dialog = dialog
         dialog.open()
 
     def dispose(self) -> None:

@@ -37,6 +37,7 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QColor
 
+from peer.ui.text import display_name
 from peer.ui.theme import STATUS_COLOURS
 from protocol.enums import LiveSupportStatus
 from protocol.messages import DeviceInfo
@@ -99,14 +100,15 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-# Device-supplied text: the table shows DisplayRole as plain text, never markup.
+# Device-supplied text: the table shows DisplayRole as plain text, never markup, and
+# display-safe (peer.ui.text: bidi controls escaped, one line, capped).
 _TEXT: Final[tuple[Callable[[DeviceInfo], str], ...]] = (
-    lambda d: d.name,
+    lambda d: display_name(d.name),
     lambda d: d.status.label,
     lambda d: "Online" if d.online else "Offline",
-    lambda d: d.group_name,
-    lambda d: d.model,
-    lambda d: d.os,
+    lambda d: display_name(d.group_name),
+    lambda d: display_name(d.model),
+    lambda d: display_name(d.os),
     lambda d: last_seen_text(d, _now_ms()),
 )
 

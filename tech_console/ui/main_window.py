@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
 
 from peer.chat import ChatEntry
 from peer.signaling import RequestError
+from peer.ui.text import display_name
 from peer.ui.theme import TOUCH_TARGET_PX
 from protocol.enums import LiveSupportStatus, Mode
 from protocol.errors import ProtocolError
@@ -413,7 +414,7 @@ class ConsoleWindow(QMainWindow):
         model = SessionModel(self.client, session)
         panel = SessionPanel(model, self.settings.saved_replies)
         self.panels[session.session_id] = panel
-        self.tabs.addTab(panel, model.title)
+        self.tabs.addTab(panel, display_name(model.title))
         panel.unread_changed.connect(functools.partial(self._show_unread, panel))
         panel.close_requested.connect(functools.partial(self.ask_summary, panel))
         model.incoming.add(functools.partial(self._on_incoming, panel))
@@ -431,7 +432,7 @@ class ConsoleWindow(QMainWindow):
     def _show_unread(self, panel: SessionPanel, unread: int) -> None:
         index = self.tabs.indexOf(panel)
         if index >= 0:
-            title = panel.model.title
+            title = display_name(panel.model.title)
             self.tabs.setTabText(index, f"{title} ({unread})" if unread else title)
 
     def _on_incoming(self, panel: SessionPanel, entry: ChatEntry) -> None:
@@ -439,7 +440,7 @@ class ConsoleWindow(QMainWindow):
         if in_front:
             return
         # Who wrote, not what: the desktop notification may be seen by others.
-        text = f"New message from {panel.model.device_name}"
+        text = f"New message from {display_name(panel.model.device_name)}"
         self.alert("Live Support", text)
 
     def alert(self, title: str, text: str) -> None:

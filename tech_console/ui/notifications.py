@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from peer.signaling import RequestError
+from peer.ui.text import display_name, display_text
 from protocol.enums import NotificationState
 from protocol.errors import ProtocolError
 from protocol.messages import DeviceInfo
@@ -194,11 +195,11 @@ class ProgressModel(QAbstractTableModel):
         device_id = self._devices[index.row()]
         if index.column() == 0:
             device = self.client.devices.get(device_id)
-            return device.name if device is not None else device_id
+            return display_name(device.name) if device is not None else device_id
         if index.column() == 1:
             return STATE_LABELS[self.progress.states.get(device_id, NotificationState.SENT)]
-        # The device user's words, shown as plain text by the table.
-        return self.progress.answers.get(device_id, "")
+        # The device user's words, shown as plain text by the table, display-safe.
+        return display_text(self.progress.answers.get(device_id, ""))
 
     def counts(self) -> dict[NotificationState, int]:
         counts = dict.fromkeys(NotificationState, 0)
@@ -265,7 +266,7 @@ class NotificationsView(QWidget):
 
     def _on_progress(self, progress: NotificationProgress) -> None:
         item = self._item(progress.notification_id) or self._add(progress)
-        title = progress.title
+        title = display_name(progress.title)
         answered = sum(s is NotificationState.ANSWERED for s in progress.states.values())
         item.setText(f"{title} ({answered}/{len(progress.states)} answered)")
         if self.list.currentItem() is item:

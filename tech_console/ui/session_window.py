@@ -31,6 +31,7 @@ from peer.chat import ChatLog
 from peer.media import DisplayFrame
 from peer.signaling import RequestError
 from peer.ui.chat import ChatPanel
+from peer.ui.text import PlainLabel, display_name
 from peer.ui.theme import TOUCH_TARGET_PX
 from peer.ui.video import VideoView
 from protocol.enums import Mode
@@ -57,11 +58,9 @@ QUALITY_STYLE = {
 
 
 def plain(text: str = "", parent: QWidget | None = None) -> QLabel:
-    """A label that never interprets markup (device and technician text)."""
-    label = QLabel(parent)
-    label.setTextFormat(Qt.TextFormat.PlainText)
-    label.setText(text)
-    return label
+    """A label that never interprets markup and shows device and technician text
+    display-safe (peer.ui.text: bidi controls escaped, capped), also when set later."""
+    return PlainLabel(text, parent)
 
 
 class VideoStage(QWidget):
@@ -101,7 +100,7 @@ class SessionPanel(QWidget):
         super().__init__()
         self.model = model
         self.setObjectName("sessionPanel")
-        self.setAccessibleName(f"Session with {model.device_name}")
+        self.setAccessibleName(f"Session with {display_name(model.device_name)}")
 
         self.state_label = plain(parent=self)
         self.state_label.setObjectName("sessionState")
@@ -326,7 +325,7 @@ class SummaryDialog(QDialog):
     def __init__(self, model: SessionModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.model = model
-        self.setWindowTitle(f"Close the session with {model.device_name}")
+        self.setWindowTitle(f"Close the session with {display_name(model.device_name)}")
         self.setObjectName("summaryDialog")
         self.setModal(True)
         form = QFormLayout()
