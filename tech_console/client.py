@@ -84,6 +84,8 @@ class ConsoleSession:
     recovery_attempts: int = 0
     #: When (monotonic) the path was lost, until a new connection is up.
     path_lost_at: float | None = None
+    #: The connection being replaced (its failure is handled once).
+    replacing: PeerCall | None = None
     #: From the latest ``connecting`` update: the ICE servers (with this end's TURN
     #: credential) and the relay-only policy the calls of this session use.
     ice_servers: tuple[IceServer, ...] = ()
@@ -378,6 +380,9 @@ class ConsoleClient:
         period, or after asking its user again past it. The chat log and the open
         devices carry over. A new connection that fails too is replaced again, paced
         (``RECOVERY_DELAYS_S``), for as long as the session is open."""
+        if session.replacing is lost:
+            return  # its "failed" and its "closed" both come here: one replacement
+        session.replacing = lost
         if session.path_lost_at is None:
             session.path_lost_at = time.monotonic()
         delay = RECOVERY_DELAYS_S[min(session.recovery_attempts, len(RECOVERY_DELAYS_S) - 1)]

@@ -159,18 +159,25 @@ async def test_path_lost_past_grace_asks_the_user_again(
         return await answer
 
     pair.agent.invite_handler = ask
-    # Every network gone: nothing can connect, for longer than the grace period.
+    # Every network gone, on both ends: nothing can connect, and the console has
+    # nothing to offer, for longer than the device's grace period.
     paths.cut(WIFI)
     paths.cut(CELLULAR)
+    await until(
+        lambda: (
+            pair.agent.session is not None and pair.agent.path_grace_over(pair.agent.session)
+        ),
+        RECOVERY_S,
+    )
+    assert prompts.empty()
+    paths.restore(CELLULAR)  # a network is back: the console's next offer can work
     prompt = await asyncio.wait_for(prompts.get(), RECOVERY_S)
     assert prompt.session_id == session.session_id
     device_session = pair.agent.session
     assert device_session is not None
-    assert pair.agent.path_grace_over(device_session)
     # The prompt holds the console's offer: the device answers nothing meanwhile.
     assert device_session.held_offer is not None
-
-    paths.restore(CELLULAR)  # a network is back
+    assert not session.consent_verified
     if agrees:
         answer.set_result(Mode.TEXT)
         await until(lambda: session.consent_verified and live_call(session).chat_open, RECOVERY_S)
