@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,15 @@ def lab_config(tmp_path: Path, **overrides: object) -> ServerConfig:
 
 @pytest.fixture
 async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
-    config = lab_config(tmp_path)
+    async with open_lab(tmp_path) as made:
+        yield made
+
+
+@asynccontextmanager
+async def open_lab(tmp_path: Path, **overrides: object) -> AsyncIterator[Lab]:
+    """The ``lab`` fixture's server, with ``overrides`` of its ServerConfig (a TURN
+    server for the relay tests, ...)."""
+    config = lab_config(tmp_path, **overrides)
     server = await RunningServer(config).start()
     assert server.app is not None
     from signaling_server.app import STORE
@@ -89,7 +98,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
             groups=[group.id],
         )
 
-    yield Lab(
+    lab = Lab(
         server=server,
         store=store,
         config=config,
@@ -101,4 +110,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
         supervisor=await make("super", Role.SUPERVISOR, tablets),
         viewer=await make("viewer", Role.VIEWER, tablets),
     )
-    await server.stop()
+    try:
+        yield lab
+    finally:
+        await server.stop()

@@ -74,7 +74,10 @@ async def make_pair(
     session_args: Sequence[str] = (),
     prewarm: bool = False,
     host_factory: HostFactory = SessionHost,
+    hold: asyncio.Event | None = None,
 ) -> AsyncIterator[Pair]:
+    """``hold``: the device user answers an invite only once it is set (the prompt
+    stays open until then)."""
     state = AgentState(folder / "agent")
     await enrol(state, await lab.enrolment_code(), name="Tablet 7")
     answers: asyncio.Queue[SessionInvite] = asyncio.Queue()
@@ -83,6 +86,8 @@ async def make_pair(
 
     async def on_invite(invite: SessionInvite) -> Mode | None:
         await answers.put(invite)
+        if hold is not None:
+            await hold.wait()
         return decision[0]
 
     async def on_note(note: NotifyDeliver) -> None:

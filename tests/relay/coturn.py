@@ -13,6 +13,7 @@ Readiness is a real STUN binding request answered by the server, not a log line.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import shutil
@@ -33,6 +34,15 @@ def free_udp_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+class _Probe(asyncio.DatagramProtocol):
+    def __init__(self, answered: asyncio.Future[bytes]) -> None:
+        self.answered = answered
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        if not self.answered.done():
+            self.answered.set_result(data)
 
 
 @dataclass
@@ -111,14 +121,8 @@ class Coturn:
             if self.process.returncode is not None:
                 raise RuntimeError(f"turnserver exited ({self.process.returncode}):\n{self.log()}")
             answered: asyncio.Future[bytes] = loop.create_future()
-
-            class Probe(asyncio.DatagramProtocol):
-                def datagram_received(self, data: bytes, addr: object) -> None:
-                    if not answered.done():
-                        answered.set_result(data)
-
             transport, _ = await loop.create_datagram_endpoint(
-                Probe, remote_addr=("127.0.0.1", self.port)
+                functools.partial(_Probe, answered), remote_addr=("127.0.0.1", self.port)
             )
             request = stun.Message(
                 message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST
