@@ -21,6 +21,7 @@ from PySide6.QtCore import (
     QModelIndex,
     QObject,
     QPersistentModelIndex,
+    QStandardPaths,
     Qt,
 )
 from PySide6.QtWidgets import (
@@ -393,8 +394,12 @@ class HistoryView(QWidget):
         try:
             sessions = await self.api.session_history(mine=self.mine, since_ms=since)
             notifications = await self.api.notification_history(mine=self.mine, since_ms=since)
-        finally:
+        except asyncio.CancelledError:
+            raise  # the view is being disposed of: its widgets may be gone already
+        except Exception:
             self.refresh_button.setEnabled(True)
+            raise
+        self.refresh_button.setEnabled(True)
         self._sessions = sessions
         self._notifications = notifications
         self._apply_filter()
@@ -453,7 +458,12 @@ class HistoryView(QWidget):
     def _ask_path(self, what: str) -> None:
         """A save dialog opened with open() (no nested loop); the export runs when a
         file is chosen."""
-        dialog = QFileDialog(self, f"Export {what}", f"{what}.csv", "CSV files (*.csv)")
+        folder = QStandardPaths.writableLocation(
+            QStandardPaths.StandardLocation.DocumentsLocation
+        ) or str(Path.home())
+        dialog = QFileDialog(
+            self, f"Export {what}", str(Path(folder) / f"{what}.csv"), "CSV files (*.csv)"
+        )
         dialog.setObjectName("exportDialog")
         dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
         dialog.setDefaultSuffix("csv")

@@ -177,7 +177,8 @@ class LoginDialog(QDialog):
             self.fingerprint.clear()
             self.status.setText(
                 f"{server.name} is new here: enter its certificate pin from your "
-                "administrator (the network's claim is not trusted)."
+                "administrator, or log in with the pin empty to see the certificate the "
+                "server presents and compare it (the network's claim is not trusted)."
             )
 
     def prefill(self, address: str, fingerprint: str, username: str) -> None:

@@ -8,6 +8,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QLineEdit
 from pytestqt.qtbot import QtBot
 
 from device_agent.agent import enrol
@@ -254,6 +257,21 @@ async def test_history_shows_the_session_and_never_its_chat(
         assert "Printer fixed" not in (tmp_path / "none.csv").read_text(encoding="utf-8")
         view.search.setText("inc-77")
         assert view.session_model.rowCount() == 1
+
+        # Export CSV… asks where, through the save dialog, then writes there.
+        QTest.mouseClick(view.export_sessions_button, Qt.MouseButton.LeftButton)
+        dialog = view.export_dialog
+        assert dialog is not None
+        await until(dialog.isVisible)
+        chosen = tmp_path / "chosen.csv"
+        # Typed as a person would (selectFile is overridden once the folder has loaded).
+        name_edit = dialog.findChild(QLineEdit, "fileNameEdit")
+        assert isinstance(name_edit, QLineEdit)
+        name_edit.setText(str(chosen))
+        dialog.accept()
+        await until(chosen.exists)
+        assert "Printer fixed" in chosen.read_text(encoding="utf-8")
+        assert view.status.text() == f"Exported the sessions to {chosen}."
 
         # Another technician's own history does not have it.
         other = HistoryView(await login(lab, "other-tech"), mine=True)
