@@ -925,6 +925,18 @@ class Hub:
                     ErrorCode.FORBIDDEN, f"the {conn.party.value} may only send an {expected.value}"
                 )
             fingerprint = identity.sdp_fingerprint(msg.sdp)
+            if msg.sdp_type is SdpType.OFFER and session.answer_fingerprint is not None:
+                # A new connection for a call that had one: its media path was lost
+                # (aiortc has no ICE restart; docs/calls.md, "Path loss"). The new keys
+                # replace the old, and only a receipt binding them is accepted now.
+                await self._store_call(
+                    self.store.audit(
+                        session.technician.id,
+                        "call.renegotiate",
+                        target=session.device_id,
+                        session_id=session.id,
+                    )
+                )
             if msg.sdp_type is SdpType.OFFER:
                 session.offer_fingerprint, session.answer_fingerprint = fingerprint, None
             else:

@@ -80,7 +80,7 @@ async def chat_round(session: ConsoleSession, text: str, reply: str) -> None:
 
 
 async def test_path_lost_within_grace_recovers_without_a_prompt(
-    pair: Pair, paths: LoopbackPaths
+    lab: Lab, pair: Pair, paths: LoopbackPaths
 ) -> None:
     session = await start_call(pair, Mode.VIDEO)
     await chat_round(session, "hello before", "reply before")
@@ -139,6 +139,10 @@ async def test_path_lost_within_grace_recovers_without_a_prompt(
     assert receipt.answer_fingerprint == call.remote_fingerprint
     assert receipt.accepted_at_ms == first_receipt.accepted_at_ms
     assert session.state is SessionState.IN_CALL
+    # The server let the new connection through and recorded it.
+    renegotiated = [r for r in await lab.store.audit_rows() if r.action == "call.renegotiate"]
+    assert renegotiated
+    assert {r.target for r in renegotiated} == {pair.device_id}
 
 
 @pytest.mark.parametrize("agrees", [True, False], ids=["accepted", "rejected"])
@@ -164,9 +168,7 @@ async def test_path_lost_past_grace_asks_the_user_again(
     paths.cut(WIFI)
     paths.cut(CELLULAR)
     await until(
-        lambda: (
-            pair.agent.session is not None and pair.agent.path_grace_over(pair.agent.session)
-        ),
+        lambda: pair.agent.session is not None and pair.agent.path_grace_over(pair.agent.session),
         RECOVERY_S,
     )
     assert prompts.empty()
