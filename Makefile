@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= build/demo
 
-.PHONY: all setup system-libs test lint typecheck imports pytest demo demo-headless bench bench-quick clean
+.PHONY: all setup system-libs test lint typecheck imports pytest demo demo-headless bench bench-quick reliability clean
 
 all: test
 
@@ -61,6 +61,11 @@ bench: setup
 	$(BIN)/python -m bench.encoders
 	$(BIN)/python -m bench.calls
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m bench.inventory
+
+# Every fault and attack of bench/faults/ measured for real (a few minutes, as root for
+# the path-loss fault); writes docs/reliability.md and build/bench/reliability.json.
+reliability: setup
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m bench.reliability
 
 bench-quick: setup
 	$(BIN)/python -m bench.encoders --quick
