@@ -394,10 +394,13 @@ class DeviceAgent:
     async def _on_online(self, auth: AuthOk) -> None:
         # Whatever changed here while we were away (the service switched off, a chat
         # service removed) reaches the server first, then the session and the
-        # notification answers the user gave meanwhile.
-        await self.report_status()
-        await self._attach_session()
-        await self._flush_outbox()
+        # notification answers the user gave meanwhile. Each step on its own: one
+        # refused (or cut off by the link dropping again) must not skip the others.
+        for step in (self.report_status, self._attach_session, self._flush_outbox):
+            try:
+                await step()
+            except (RequestError, TimeoutError) as exc:
+                log.warning("after reconnecting, %s failed: %s", step.__name__, exc)
 
     async def _attach_session(self) -> None:
         """Take up the open session again after a reconnect or a server restart. A

@@ -211,7 +211,11 @@ class ConsoleClient:
             self._merge_snapshot(first)
         for session in list(self.sessions.values()):
             if session.state not in FINAL:
-                await self._attach(session)
+                try:
+                    await self._attach(session)
+                except (RequestError, TimeoutError) as exc:
+                    # The next reconnect tries again; the other sessions go on.
+                    log.warning("attaching to %s failed: %s", session.session_id, exc)
 
     async def _attach(self, session: ConsoleSession) -> None:
         """Take up a session again after a reconnect or a server restart: the call

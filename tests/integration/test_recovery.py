@@ -182,7 +182,10 @@ async def test_a_call_survives_a_server_kill_and_both_ends_attach_again(tmp_path
         assert made.agent.session.host is host
         assert process_alive(host.pid)
         await until(
-            lambda: made.console.devices[made.device_id].status is LiveSupportStatus.CONNECTED,
+            lambda: (
+                (device := made.console.devices.get(made.device_id)) is not None
+                and device.status is LiveSupportStatus.CONNECTED
+            ),
             20,
         )
 
