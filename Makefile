@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml
 system-libs: $(STAMP)
 	@bash scripts/ensure_system_libs.sh $(BIN)/python
 	@bash scripts/ensure_coturn.sh
+	@bash scripts/ensure_iproute2.sh
 
 lint: setup
 	$(BIN)/ruff check .
