@@ -8,10 +8,10 @@ What is real: the server (``livesupport server`` in its own process, TLS, SQLite
 the device (the real agent, its call in a real session process with the synthetic
 camera and microphone at 320x240); the technician (the real ConsoleClient and its
 PeerCall). Both ends offer only two loopback addresses of their own ("Wi-Fi" and
-"cellular", ``loopback_paths.HOSTS``); the signaling stays on 127.0.0.1.
+"cellular", ``_loopback_paths.HOSTS``); the signaling stays on 127.0.0.1.
 
 Each run cuts the address the call's path uses (a blackhole route in the kernel's
-local table: ``loopback_paths``), with the other one up, and measures from the cut:
+local table: ``_loopback_paths``), with the other one up, and measures from the cut:
 
 - **detection**: the console's connection dropped (consent checks failed, see
   ``peer.ice.CONSENT_INTERVAL_S``), and the device's (its agent heard
@@ -38,8 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.faults._loopback_paths import HOSTS, LoopbackPaths
 from bench.faults._restartable import PASSWORD, ServerProcess, enrolment_code, make_fleet
-from bench.faults.loopback_paths import HOSTS, LoopbackPaths
 from device_agent.agent import DeviceAgent, enrol
 from device_agent.state import AgentState
 from peer import ice

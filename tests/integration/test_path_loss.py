@@ -1,6 +1,6 @@
 """A media path lost mid-call, for real: the call runs over two loopback addresses
 of its own (two "networks"), and the one in use is blackholed in the kernel's
-routing table (bench/faults/loopback_paths.py), as a network change does.
+routing table (bench/faults/_loopback_paths.py), as a network change does.
 
 Within the device's grace period the console's new connection is answered without a
 prompt; chat and frames flow again in the same session with the same chat log.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.faults.loopback_paths import CELLULAR, HOSTS, WIFI, LoopbackPaths
+from bench.faults._loopback_paths import CELLULAR, HOSTS, WIFI, LoopbackPaths
 from peer import ice
 from peer.call import PeerCall
 from peer.call_media import MediaOptions
