@@ -194,6 +194,8 @@ class LiveSession:
     offer_fingerprint: str | None = None
     answer_fingerprint: str | None = None
     timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    #: The device group's relay-only policy (kept current by group_policy_changed).
+    relay_only: bool = False
 
     def cancel_timer(self, name: str) -> None:
         handle = self.timers.pop(name, None)
@@ -305,16 +307,17 @@ class Hub:
     async def send(self, conn: Connection, message: Message) -> None:
         if not conn.closed:
             if isinstance(message, SessionUpdate) and message.state is SessionState.CONNECTING:
-                message = await self._with_ice(conn, message)
+                message = self._with_ice(conn, message)
             await self._send_encoded(conn, SIGNALING.encode(message))
 
-    async def _with_ice(self, conn: Connection, update: SessionUpdate) -> SessionUpdate:
+    def _with_ice(self, conn: Connection, update: SessionUpdate) -> SessionUpdate:
         """A ``connecting`` update asks its receiver to build a peer connection: it
         carries that member's own TURN credential, minted now (every update, so a
         resumed or re-sent call never gets an expired one), and the group's
-        relay-only policy as it stands now (a change applies from the next call)."""
-        device = await self.store.device(update.device_id)
-        relay_only = device is not None and device.relay_only
+        relay-only policy as it stands now (a change applies from the next call).
+        Nothing here awaits: the frames of a broadcast go out back to back."""
+        session = self.sessions.get(update.session_id)
+        relay_only = session is not None and session.relay_only
         servers: tuple[IceServer, ...] = ()
         if self.turn is not None:
             who = f"{update.session_id}.{conn.party.value}"
@@ -739,6 +742,7 @@ class Hub:
             offered_modes=offered,
             reason=msg.reason,
             created_at_ms=now_ms(),
+            relay_only=device.relay_only,
         )
         # Made before the session is registered: an invite that could not be sent
         # must not leave a session behind that the device never heard of.
@@ -1052,6 +1056,7 @@ class Hub:
                 accepted_at_ms=row.accepted_at_ms,
                 offer_fingerprint=live.offer_fingerprint,
                 answer_fingerprint=live.answer_fingerprint,
+                relay_only=device.relay_only,
             )
             self.sessions[session.id] = session
             self.device_sessions[session.device_id] = session.id
@@ -1315,6 +1320,8 @@ class Hub:
             if conn is not None:
                 conn.device = device
             session = self._session_of_device(device.id)
+            if session is not None:
+                session.relay_only = device.relay_only  # from its next call
             if session is not None and not device.policy_enabled:
                 # _end_session tells the device and the consoles itself.
                 await self._end_session(session, CloseReason.SERVICE_DISABLED, Party.SERVER)
