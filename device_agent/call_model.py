@@ -151,6 +151,9 @@ class CallWindowModel:
         #: A short message about the last action that failed (None: all well).
         self.error: str | None = None
         self._connected_at: float | None = None
+        #: The chat log of the last call seen: a new connection with the same log
+        #: replaced one whose path was lost, and the call (and its timer) goes on.
+        self._last_chat: ChatLog | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._unsubscribe: list[Callable[[], None]] = [
             session.call_listeners.add(self._on_call),
@@ -370,12 +373,15 @@ class CallWindowModel:
     # -- internals --------------------------------------------------------------------
 
     def _on_call(self, call: PeerCall) -> None:
-        self._connected_at = None
+        if call.chat is not self._last_chat:
+            self._connected_at = None
+        self._last_chat = call.chat
 
         async def connected() -> None:
             await call.connected.wait()
             if self.call is call:
-                self._connected_at = self._clock()
+                if self._connected_at is None:
+                    self._connected_at = self._clock()
                 self._on_change()
 
         self._spawn(connected)

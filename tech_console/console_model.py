@@ -533,8 +533,12 @@ class SessionModel:
     def _follow_call(self) -> None:
         call = self.session.call
         if call is not self._call and call is not None:
+            # A connection that replaced one whose path was lost continues the same
+            # call (the same chat log): its timer goes on.
+            continued = self._call is not None and self._call.chat is call.chat
             self._call = call
-            self._connected_at = None
+            if not continued:
+                self._connected_at = None
             if self._unhook_chat is not None:
                 self._unhook_chat()
             self._unhook_chat = call.chat.listeners.add(self._on_chat_entry)
@@ -542,7 +546,8 @@ class SessionModel:
             async def connected() -> None:
                 await call.connected.wait()
                 if self.call is call:
-                    self._connected_at = self._clock()
+                    if self._connected_at is None:
+                        self._connected_at = self._clock()
                     self._on_change()
 
             self._spawn(connected)

@@ -23,6 +23,7 @@ from peer.chat import ChatEntry
 from protocol.enums import Mode, SessionState
 from protocol.messages import SessionInvite
 from tech_console.client import ConsoleSession
+from tech_console.console_model import SessionModel
 from tests.conftest import Lab
 from tests.integration.harness import Pair, make_pair, until
 
@@ -83,6 +84,9 @@ async def test_path_lost_within_grace_recovers_without_a_prompt(
     lab: Lab, pair: Pair, paths: LoopbackPaths
 ) -> None:
     session = await start_call(pair, Mode.VIDEO)
+    # The console's session window, without a display: it must follow the new
+    # connection with the same chat and a call timer that goes on.
+    view = SessionModel(pair.console, session)
     await chat_round(session, "hello before", "reply before")
     first = live_call(session)
     media = first.media
@@ -95,6 +99,9 @@ async def test_path_lost_within_grace_recovers_without_a_prompt(
     assert first_receipt is not None
 
     # The device's network goes away (the console's too if it was the same one).
+    await until(lambda: view.elapsed_s() is not None)
+    elapsed_before = view.elapsed_s()
+    assert elapsed_before is not None
     lost = hosts[1]
     paths.cut(lost)
 
@@ -110,6 +117,10 @@ async def test_path_lost_within_grace_recovers_without_a_prompt(
     assert pair.agent.session is not None
     assert pair.agent.session.session_id == session.session_id
     assert call.chat is first.chat
+    assert view.chat is call.chat
+    elapsed_after = view.elapsed_s()
+    assert elapsed_after is not None
+    assert elapsed_after > elapsed_before, "the call's timer went on, not from zero"
     await chat_round(session, "hello after", "reply after")
     assert texts(call.chat.entries()) == [
         "hello before",
@@ -143,6 +154,7 @@ async def test_path_lost_within_grace_recovers_without_a_prompt(
     renegotiated = [r for r in await lab.store.audit_rows() if r.action == "call.renegotiate"]
     assert renegotiated
     assert {r.target for r in renegotiated} == {pair.device_id}
+    view.close()
 
 
 @pytest.mark.parametrize("agrees", [True, False], ids=["accepted", "rejected"])
