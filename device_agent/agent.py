@@ -487,6 +487,14 @@ class DeviceAgent:
     # -- sessions -------------------------------------------------------------------
 
     async def _answer_invite(self, invite: SessionInvite) -> None:
+        if invite.session_id in (
+            self._answering,
+            self.session.session_id if self.session is not None else None,
+        ):
+            # The same invite again: the server sends it to a device that reconnects
+            # while invited (it may have lost its prompt, not this one), and after a
+            # restart of its own. The prompt showing answers it; it is not "busy".
+            return
         service = self.service
         if not (service.installed and service.enabled):
             await self.client.request(

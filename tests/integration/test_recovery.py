@@ -213,6 +213,33 @@ async def test_a_call_survives_a_server_kill_and_both_ends_attach_again(tmp_path
             await store.close()
 
 
+async def test_an_invite_being_answered_survives_a_server_restart(tmp_path: Path) -> None:
+    """The prompt is showing when the server dies: the restarted server sends the
+    invite again, and the agent, already answering it, does not refuse it as busy.
+    The user's answer then goes to the new server and the call comes up."""
+    async with rig(tmp_path) as made:
+        shown: asyncio.Queue[SessionInvite] = asyncio.Queue()
+        answer = asyncio.Event()
+
+        async def prompt(invite: SessionInvite) -> Mode:
+            await shown.put(invite)
+            await answer.wait()  # the user reads the prompt
+            return Mode.TEXT
+
+        made.agent.invite_handler = prompt
+        session = await made.console.start_session(made.device_id, Mode.TEXT, "ticket REC-2")
+        invite = await asyncio.wait_for(shown.get(), 20)
+
+        await made.restart_server()
+        await until(lambda: made.agent.online and made.console.link.online.is_set(), 30)
+        await made.console.wait_session(session, [SessionState.INVITED], timeout_s=20)
+        answer.set()
+        await made.console.wait_session(session, [SessionState.IN_CALL], timeout_s=40)
+        assert made.agent.session is not None
+        assert made.agent.session.session_id == invite.session_id
+        assert shown.empty()  # one prompt, not a second one for the same invite
+
+
 async def test_a_session_whose_device_does_not_come_back_is_closed_after_grace(
     tmp_path: Path,
 ) -> None:
