@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -393,3 +394,35 @@ async def test_no_address_crosses_before_the_device_user_accepts(lab: Lab, tmp_p
         )
         assert accepted < first_signal
         await pair.console.close_session(session.session_id)
+
+
+def test_admin_cli_sets_relay_only_on_a_database_made_before_the_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A deployment's database from before relay-only existed: the column is added.
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(data / "livesupport.db") as db:
+        db.execute(
+            "CREATE TABLE device_groups (id VARCHAR(64) PRIMARY KEY, name VARCHAR(128) UNIQUE,"
+            " allowed_modes VARCHAR(32), service_enabled BOOLEAN)"
+        )
+        db.execute("INSERT INTO device_groups VALUES ('grp-old', 'Tablets', 'text', 1)")
+    assert cli.admin_main(["--data", str(data), "--json", "groups"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["relay_only"] is False
+    assert (
+        cli.admin_main(["--data", str(data), "--json", "group-policy", "Tablets", "--relay-only"])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["relay_only"] is True
+    assert (
+        cli.admin_main(["--data", str(data), "--json", "group-add", "Kiosks", "--relay-only"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["relay_only"] is True
+    assert (
+        cli.admin_main(
+            ["--data", str(data), "--json", "group-policy", "Tablets", "--no-relay-only"]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["relay_only"] is False
