@@ -35,7 +35,7 @@ from signaling_server import cli, turn
 from signaling_server.appkeys import HUB
 from signaling_server.hub import Connection, Hub
 from tech_console.admin_api import AdminApi
-from tech_console.console_model import call_quality
+from tech_console.console_model import SessionModel
 from tests.conftest import Lab, open_lab
 from tests.integration.harness import Pair, make_pair, until
 from tests.relay.coturn import Coturn
@@ -232,7 +232,14 @@ async def test_relay_only_call_goes_through_coturn_with_chat_media_and_relayed_s
         "relay",
         "relay",
     )
-    assert "Route: Relayed (TURN)" in call_quality(stats).lines()
+    # What the console's session window lists under the video.
+    model = SessionModel(pair.console, session)
+    try:
+        quality = await model.refresh_quality()
+        assert quality is not None
+        assert "Route: Relayed (TURN)" in quality.lines()
+    finally:
+        model.close()
 
     # Relay-only: no host or server-reflexive candidate, no related address, crossed.
     signals = frames.to("device", "signal.sdp", "signal.candidate") + frames.to(
