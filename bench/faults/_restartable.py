@@ -5,6 +5,9 @@ benchmarks share (a device group, a technician, enrolment codes, bulk devices).
 The server is ``livesupport server`` (``python -m peer.cli server``), exactly as it is
 deployed; its ``--ready-file`` says when it listens and on which port. A kill is
 SIGKILL: no shutdown code of the server runs, as in a crash or an OOM kill.
+
+A helper, not a fault benchmark: it has no ``measure()`` (the underscore keeps it out
+of the modules the reliability report runs).
 """
 
 from __future__ import annotations
