@@ -196,9 +196,14 @@ class CallWindowModel:
         call = self.call
         media = self.session.media
         peer = media.peer_state if media is not None else None
+        state = call.state if call is not None else None
+        if call is not None and call.dropped:
+            # It dropped by itself (its path was lost, and aiortc closes it) and is
+            # being replaced: "reconnecting", not "ended".
+            state = CallState.FAILED
         return banner_for(
             technician=self.technician,
-            call_state=call.state if call is not None else None,
+            call_state=state,
             interruption=self.session.interruption,
             peer_interruption=peer.interruption if peer is not None else AudioInterruption.NONE,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiortc import RTCIceServer
@@ -242,10 +242,14 @@ class ConsoleClient:
             self.devices[device.device_id] = device
             self.device_listeners.fire(device)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Awaitable[None] | Callable[[], Awaitable[None]]) -> None:
+        """Run ``coro`` as a task whose failure is logged. Given a function, the
+        coroutine is made only when the task runs: a task cancelled before it started
+        (the console closing) then leaves no coroutine that was never awaited."""
+
         async def run() -> None:
             try:
-                await coro
+                await (coro() if callable(coro) else coro)
             except (RequestError, ProtocolError) as exc:
                 log.warning("console task refused: %s", exc)
             except Exception:
@@ -374,7 +378,7 @@ class ConsoleClient:
 
     def _on_call_state(self, session: ConsoleSession, call: PeerCall, state: CallState) -> None:
         if call.dropped and session.call is call and session.state not in FINAL:
-            self._spawn(self._recover(session, call))
+            self._spawn(lambda: self._recover(session, call))
 
     async def _recover(self, session: ConsoleSession, lost: PeerCall) -> None:
         """The call's media path is gone (its consent checks failed; the peer closing
@@ -408,7 +412,7 @@ class ConsoleClient:
         except NoCandidates:
             # No network on this end either: nothing worth offering; try again later.
             call.dropped = True
-            self._spawn(self._recover(session, call))
+            self._spawn(lambda: self._recover(session, call))
             return
         log.info("session %s: path lost, offered a new connection", session.session_id)
         while not call.connected.is_set():
@@ -421,7 +425,7 @@ class ConsoleClient:
                     # Answered, yet nothing connects (no address pair works; aiortc
                     # does not even start ICE without a local candidate): next one.
                     call.dropped = True
-                    self._spawn(self._recover(session, call))
+                    self._spawn(lambda: self._recover(session, call))
                     return
                 # Not answered yet: the device user may be being asked again.
 

@@ -317,6 +317,8 @@ class SessionModel:
             return f"Calling {who}… waiting for the device user to answer."
         if state is SessionState.CONNECTING:
             return f"{who} accepted ({MODE_LABELS[self.mode].lower()}). Connecting…"
+        if state is SessionState.IN_CALL and self.session.path_lost_at is not None:
+            return f"Connection to {who} lost. Reconnecting…"
         if state is SessionState.IN_CALL:
             return f"In call with {who}."
         if state is SessionState.CALL_ENDED:
@@ -338,6 +340,9 @@ class SessionModel:
             return ("No consent receipt yet.", False) if self.open else ("", False)
         if s.consent_verified:
             return (f"Consent verified: signed by {self.device_name}'s key for this call.", False)
+        if s.consent_error is None:
+            # A new connection (a lost path replaced) waits for its own receipt.
+            return ("Waiting for the consent receipt of the new connection.", False)
         return (f"Consent NOT verified: {s.consent_error or 'bad receipt'}. Call ended.", True)
 
     def elapsed_s(self) -> float | None:

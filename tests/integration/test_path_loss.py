@@ -163,6 +163,7 @@ async def test_path_lost_past_grace_asks_the_user_again(
 ) -> None:
     pair.agent.path_grace_s = 1.0
     session = await start_call(pair, Mode.TEXT)
+    view = SessionModel(pair.console, session)
     await chat_round(session, "hello before", "reply before")
     first_receipt = session.consent
     assert first_receipt is not None
@@ -184,6 +185,9 @@ async def test_path_lost_past_grace_asks_the_user_again(
         RECOVERY_S,
     )
     assert prompts.empty()
+    # What the technician's window says meanwhile: no false alarm about consent.
+    assert view.state_text() == f"Connection to {view.device_name} lost. Reconnecting…"
+    assert view.consent_text() == ("Waiting for the consent receipt of the new connection.", False)
     paths.restore(CELLULAR)  # a network is back: the console's next offer can work
     prompt = await asyncio.wait_for(prompts.get(), RECOVERY_S)
     assert prompt.session_id == session.session_id
@@ -203,6 +207,7 @@ async def test_path_lost_past_grace_asks_the_user_again(
         await chat_round(session, "hello after", "reply after")
         assert texts(call.chat.entries())[:2] == ["hello before", "reply before"]
         assert session.state is SessionState.IN_CALL
+        assert view.state_text() == f"In call with {view.device_name}."
     else:
         answer.set_result(None)
         await pair.console.wait_session(session, [SessionState.CALL_ENDED], timeout_s=30)
@@ -211,3 +216,4 @@ async def test_path_lost_past_grace_asks_the_user_again(
         assert report["chat_open"] is False
         assert pair.agent.session is not None  # the call ended, not the session
         assert prompts.empty()
+    view.close()
