@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -656,9 +657,17 @@ class DeviceAgent:
         yes signs the new connection's receipt with the new acceptance time; a no (or
         no answer) hangs the call up, and the session stays as after any hang-up."""
         log.info("the path was lost past the grace period: asking the user again")
+        # The invite as it was, but for the call's own mode only and with a fresh
+        # deadline (the prompt counts down to the invite's expiry, long past).
+        again = dataclasses.replace(
+            session.invite,
+            mode=session.mode,
+            offered_modes=(session.mode,),
+            expires_at_ms=int((time.time() + self.path_reconsent_timeout_s) * 1000),
+        )
         try:
             answer = await asyncio.wait_for(
-                self.invite_handler(session.invite), self.path_reconsent_timeout_s
+                self.invite_handler(again), self.path_reconsent_timeout_s
             )
         except TimeoutError:
             answer = None

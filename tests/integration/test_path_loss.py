@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.faults._loopback_paths import CELLULAR, HOSTS, WIFI, LoopbackPaths
+from device_agent.agent_model import IncomingCall
 from peer import ice
 from peer.call import PeerCall
 from peer.call_media import MediaOptions
@@ -191,6 +192,10 @@ async def test_path_lost_past_grace_asks_the_user_again(
     paths.restore(CELLULAR)  # a network is back: the console's next offer can work
     prompt = await asyncio.wait_for(prompts.get(), RECOVERY_S)
     assert prompt.session_id == session.session_id
+    # The device's prompt for it counts down afresh and offers the call's mode only.
+    incoming = IncomingCall(prompt, pair.agent.chat_services)
+    assert incoming.remaining_s() > 0
+    assert [choice.mode for choice in incoming.choices] == [Mode.TEXT]
     device_session = pair.agent.session
     assert device_session is not None
     # The prompt holds the console's offer: the device answers nothing meanwhile.
