@@ -194,6 +194,10 @@ class LiveSession:
     offer_fingerprint: str | None = None
     answer_fingerprint: str | None = None
     timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    #: The technician's newest offer, kept while the device is away: a network change
+    #: takes the device's signaling link along with the media path, and the offer
+    #: replacing the lost connection must reach the device when it is back.
+    pending_offer: SignalSdp | None = None
     #: The device group's relay-only policy (kept current by group_policy_changed).
     relay_only: bool = False
 
@@ -907,6 +911,7 @@ class Hub:
         session = self._member_session(conn, msg.session_id)
         await self._move(session, SessionEvent.HANG_UP, conn.party)
         session.offer_fingerprint = session.answer_fingerprint = None
+        session.pending_offer = None
         await self._store_call(self.store.set_live_fingerprints(session.id, None, None))
         await self.send(conn, Ok(rid=msg.rid))
         other = self._to_device if conn.party is Party.TECHNICIAN else self._to_technician
@@ -953,6 +958,9 @@ class Hub:
             )
         relay = dataclasses.replace(msg, rid=None)
         if conn.party is Party.TECHNICIAN:
+            if isinstance(relay, SignalSdp):
+                away = session.device_id not in self.devices_online
+                session.pending_offer = relay if away else None
             await self._to_device(session, relay)
         else:
             await self._to_technician(session, relay)
@@ -1015,6 +1023,11 @@ class Hub:
                 # A device that reconnects while invited has lost its prompt (the
                 # invite's card and offered modes): without them it could not answer.
                 await self.send(conn, self._invite(session))
+            offer = session.pending_offer
+            if conn.role is Role.DEVICE and offer is not None and session.machine.may_signal:
+                # The offer sent while it was away (docs/calls.md, "Path loss").
+                session.pending_offer = None
+                await self.send(conn, offer)
 
     # -- restart: taking back the sessions that were open ---------------------------
 
