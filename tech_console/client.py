@@ -409,8 +409,10 @@ class ConsoleClient:
         self.session_listeners.fire(session)
         try:
             await call.start(require_candidates=True)
-        except NoCandidates:
-            # No network on this end either: nothing worth offering; try again later.
+        except (NoCandidates, RequestError, ConnectionError) as exc:
+            # No network on this end either (no address, or our own signaling link is
+            # down and reconnecting): nothing offered; try again later, paced.
+            log.info("session %s: no new connection yet (%s)", session.session_id, exc)
             call.dropped = True
             self._spawn(lambda: self._recover(session, call))
             return
