@@ -715,9 +715,11 @@ class DeviceAgent:
         if update.state in (SessionState.CLOSED, SessionState.EXPIRED, SessionState.REJECTED):
             await self._end_session(update.state.value)
             return
-        if update.state is SessionState.CONNECTING:
+        if update.state in (SessionState.CONNECTING, SessionState.IN_CALL):
             # Before the technician's offer (the server sends this update to the
             # device first): the call the offer starts uses this end's credential.
+            # An in_call update brings a fresh one for a connection that replaces
+            # a lost one.
             session.ice = ipc.IceConfig(
                 ice_servers=tuple(
                     ipc.IceServer(urls=s.urls, username=s.username, credential=s.credential)

@@ -63,7 +63,7 @@ def server_main(argv: Sequence[str]) -> int:
         type=int,
         default=turn.DEFAULT_TTL_S,
         metavar="SECONDS",
-        help="life of a minted TURN credential: the longest relayed call (default 2 h)",
+        help="how long a minted TURN credential can make a relay (default 600)",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

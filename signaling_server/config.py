@@ -44,8 +44,10 @@ class ServerConfig:
     #: The secret shared with coturn (``static-auth-secret``): the server mints each
     #: call end a credential from it (signaling_server.turn); it never leaves the server.
     turn_secret: str = field(default="", repr=False)
-    #: How long a minted TURN credential lives: the longest relayed call (see turn.py).
-    turn_ttl_s: int = 2 * 3600
+    #: How long a minted TURN credential can make an allocation (see turn.py).
+    turn_ttl_s: int = 600
+    #: How often members of a running call get fresh credentials (None: TTL / 2).
+    turn_refresh_s: float | None = None
 
     @property
     def database_url(self) -> str:

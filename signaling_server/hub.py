@@ -210,6 +210,10 @@ class LiveSession:
 Handler = Callable[[Connection, Any], Awaitable[None]]
 
 
+#: Session states whose updates carry the member's ICE servers (see Hub._with_ice).
+CALL_STATES = frozenset({SessionState.CONNECTING, SessionState.IN_CALL})
+
+
 class Hub:
     def __init__(self, store: Store, config: ServerConfig, server_fingerprint: str) -> None:
         self.store = store
@@ -310,15 +314,17 @@ class Hub:
 
     async def send(self, conn: Connection, message: Message) -> None:
         if not conn.closed:
-            if isinstance(message, SessionUpdate) and message.state is SessionState.CONNECTING:
+            if isinstance(message, SessionUpdate) and message.state in CALL_STATES:
                 message = self._with_ice(conn, message)
             await self._send_encoded(conn, SIGNALING.encode(message))
 
     def _with_ice(self, conn: Connection, update: SessionUpdate) -> SessionUpdate:
         """A ``connecting`` update asks its receiver to build a peer connection: it
-        carries that member's own TURN credential, minted now (every update, so a
-        resumed or re-sent call never gets an expired one), and the group's
+        carries that member's own TURN credential, minted now, and the group's
         relay-only policy as it stands now (a change applies from the next call).
+        ``in_call`` updates carry a fresh one too: a connection that replaces a lost
+        one (path loss) needs a credential that has not expired, and the members
+        hear an update after every reconnect of theirs (``session.attach``).
         Nothing here awaits: the frames of a broadcast go out back to back."""
         session = self.sessions.get(update.session_id)
         relay_only = session is not None and session.relay_only
@@ -905,7 +911,25 @@ class Hub:
         if session.machine.state is not SessionState.IN_CALL:
             await self._move(session, SessionEvent.CALL_CONNECTED, conn.party)
             await self._broadcast(session, self._update(session))
+        self._schedule_ice_refresh(session)
         await self.send(conn, Ok(rid=msg.rid))
+
+    def _schedule_ice_refresh(self, session: LiveSession) -> None:
+        """While a call runs, its members get fresh TURN credentials (an ``in_call``
+        update, see _with_ice) before the ones they hold expire: a connection that
+        replaces a lost one (path loss) may be made at any time in the call."""
+        if self.turn is None or "ice_refresh" in session.timers:
+            return
+        every_s = self.config.turn_refresh_s or self.turn.ttl_s / 2
+        session.timers["ice_refresh"] = self._later(every_s, self._refresh_ice, session)
+
+    async def _refresh_ice(self, session: LiveSession) -> None:
+        session.timers.pop("ice_refresh", None)
+        if self.sessions.get(session.id) is not session:
+            return  # ended meanwhile
+        if session.machine.state is SessionState.IN_CALL:
+            await self._broadcast(session, self._update(session))
+            self._schedule_ice_refresh(session)
 
     async def _on_call_hangup(self, conn: Connection, msg: CallHangup) -> None:
         session = self._member_session(conn, msg.session_id)

@@ -329,9 +329,9 @@ class ConsoleClient:
         session.state = update.state
         session.mode = update.mode
         session.last_update = update
-        if update.state is SessionState.CONNECTING:
-            # This end's TURN credential (minted for this call) and the device
-            # group's relay-only policy, kept for every call of this connection.
+        if update.state in (SessionState.CONNECTING, SessionState.IN_CALL):
+            # This end's TURN credential (minted afresh for every such update) and
+            # the device group's relay-only policy, for the next peer connection.
             session.ice_servers, session.relay_only = update.ice_servers, update.relay_only
         if update.state is SessionState.CONNECTING and session.call is None:
             # Accepted (or resumed): the technician's side offers.

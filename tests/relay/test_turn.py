@@ -433,3 +433,56 @@ def test_admin_cli_sets_relay_only_on_a_database_made_before_the_policy(
         == 0
     )
     assert json.loads(capsys.readouterr().out)["relay_only"] is False
+
+
+async def test_a_running_call_gets_fresh_credentials_before_they_expire(
+    tmp_path: Path, coturn: Coturn
+) -> None:
+    # A connection that replaces a lost one may be made at any time in the call: the
+    # members are handed new credentials every refresh period (TTL / 2 by default).
+    async with (
+        open_lab(
+            tmp_path,
+            turn_urls=(coturn.url,),
+            turn_secret=coturn.secret,
+            turn_ttl_s=600,
+            turn_refresh_s=1.0,
+        ) as lab,
+        make_pair(lab, tmp_path, session_args=SMALL) as pair,
+    ):
+        frames = tap(lab)
+        pair.decision[0] = Mode.TEXT
+        session = await pair.console.start_session(pair.device_id, Mode.TEXT, "ticket TURN-5")
+        await pair.console.wait_session(session, [SessionState.IN_CALL], timeout_s=30)
+        first = frames.connecting_update("technician")["ice_servers"][0]["username"]
+
+        def refreshed(party: str) -> list[str]:
+            return [
+                f["ice_servers"][0]["username"]
+                for f in frames.to(party, "session.update")
+                if f["state"] == "in_call" and f["ice_servers"]
+            ]
+
+        await until(
+            lambda: any(turn.expiry_of(u) > turn.expiry_of(first) for u in refreshed("technician")),
+            10,
+        )
+        await until(lambda: len(refreshed("device")) >= 2, 10)
+        newest = refreshed("technician")[-1]
+        # The console keeps the newest for its next connection, the device's agent
+        # hands it to the session process.
+        await until(lambda: session.ice_servers[0].username == refreshed("technician")[-1])
+        assert turn.expiry_of(session.ice_servers[0].username) >= turn.expiry_of(newest)
+        agent_session = pair.agent.session
+        assert agent_session is not None
+        await until(
+            lambda: (
+                agent_session.ice is not None
+                and agent_session.ice.ice_servers[0].username == refreshed("device")[-1]
+            )
+        )
+        await pair.console.close_session(session.session_id)
+        await pair.console.wait_session(session, [SessionState.CLOSED])
+        # Its timers (the refresh with them) went with the session.
+        assert lab.server.app is not None
+        assert session.session_id not in lab.server.app[HUB].sessions
