@@ -315,6 +315,11 @@ class SessionModel:
         who = self.device_name
         if state is SessionState.INVITED:
             return f"Calling {who}… waiting for the device user to answer."
+        call = self.session.call
+        if call is not None and call.failure is not None and state is not SessionState.CLOSED:
+            # Said at once rather than "Connecting…" for ever (a relay that refused
+            # this end's TURN credential in a relay-only group).
+            return f"The call to {who} cannot connect: {call.failure}."
         if state is SessionState.CONNECTING:
             return f"{who} accepted ({MODE_LABELS[self.mode].lower()}). Connecting…"
         if state is SessionState.IN_CALL and self.session.path_lost_at is not None:

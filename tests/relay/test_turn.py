@@ -287,6 +287,12 @@ async def test_a_credential_coturn_refuses_fails_the_relay_only_call_clearly(
         assert session.call is not None
         assert session.call.failure is not None
         assert "TURN server gave no relay candidate" in session.call.failure
+        # The session window says so instead of "Connecting…".
+        model = SessionModel(pair.console, session)
+        try:
+            assert "cannot connect: the TURN server gave no relay candidate" in (model.state_text())
+        finally:
+            model.close()
         # Nothing was offered: an SDP without a candidate would only time out later.
         assert frames.to("device", "signal.sdp", "signal.candidate") == []
         await pair.console.close_session(session.session_id)
