@@ -240,9 +240,9 @@ class PeerCall:
         ice.apply_consent_checks()  # a lost path is noticed in seconds, not 30 s
         #: Kept for a call that replaces this one (same servers, same policy).
         self.ice_servers = list(ice_servers)
-        #: Relay-only policy: aioice then gathers nothing but TURN relay candidates,
-        #: ignores the peer's others and hides the relay candidate's related
-        #: address, so no address of this host (private or public) is ever sent.
+        #: Relay-only policy: aioice then gathers nothing but TURN relay candidates
+        #: and hides the relay candidate's related address, so no address of this
+        #: host (private or public) is ever sent; every packet goes via the relay.
         self.relay_only = relay_only
         policy = RTCIceTransportPolicy.RELAY if relay_only else RTCIceTransportPolicy.ALL
         self._pc = RTCPeerConnection(
