@@ -26,6 +26,7 @@ The rules of this module:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -67,6 +68,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHAT_LABEL = "chat"
+#: How long close() waits for the peer to acknowledge the chat channel's reset (a few ms
+#: on a working path; on a lost one nothing comes back and this is what a hang-up costs).
+CLOSE_HANDSHAKE_S = 0.5
 
 #: How many ids one receipt frame may carry, read from the protocol's own field
 #: constraint so the two cannot drift apart.
@@ -213,9 +217,14 @@ class PeerCall:
         self.state_listeners: Listeners[CallState] = Listeners()
         #: Chat frames from the peer that failed to decode (or made no sense) and were dropped.
         self.bad_frames = 0
-        #: The connection failed or closed without this end closing it: its media path
-        #: was lost (or the peer closed). The session's owners then replace it.
+        #: The connection failed or closed without this end closing it, and without the
+        #: peer saying so first: its media path was lost. The session's owners then
+        #: replace it.
         self.dropped = False
+        #: The peer closed the chat channel while the connection was up: it ended the
+        #: call on purpose (hang-up, session closed); not a lost path.
+        self.peer_closed = False
+        self._channel_closed = asyncio.Event()
 
         self._state = CallState.NEW
         #: Why the call failed, when this end knows (no relay candidate in relay-only mode).
@@ -525,6 +534,20 @@ class PeerCall:
         self._channel = channel
         channel.on("open", self._on_channel_open)
         channel.on("message", self._on_frame)
+        channel.on("close", self._on_channel_close)
+
+    def _on_channel_close(self) -> None:
+        self._channel_closed.set()
+        # The peer reset the stream (or aborted the association) while the path still
+        # works: see close(). When aiortc closes our own connection (its consent checks
+        # failed: a lost path), the signaling state turns "closed" before the channel
+        # closes, so that case stays a drop.
+        if (
+            not self._closing
+            and self._pc.signalingState != "closed"
+            and self._pc.connectionState == "connected"
+        ):
+            self.peer_closed = True
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if channel.label != CHAT_LABEL or self._channel is not None:
@@ -552,7 +575,9 @@ class PeerCall:
         if state is self._state:
             return
         self._state = state
-        if state in (CallState.FAILED, CallState.CLOSED) and not self._closing:
+        if state in (CallState.FAILED, CallState.CLOSED) and not (
+            self._closing or self.peer_closed
+        ):
             # Not our close(): the path is gone (consent checks failed; aiortc then
             # closes the whole connection) or the peer closed its end.
             self.dropped = True
@@ -569,7 +594,14 @@ class PeerCall:
             self._closing = True
             self.chat.clear()
             if self._channel is not None:
+                was_open = self._channel.readyState == "open"
                 self._channel.close()
+                if was_open:
+                    # The stream reset tells the peer we end the call on purpose (it
+                    # takes a few ms); closing the connection at once would abort the
+                    # association first and the peer would take it for a lost path.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._channel_closed.wait(), CLOSE_HANDSHAKE_S)
         # aiortc's close is idempotent: a second call waits for the first to finish.
         await self._pc.close()
         if self.media is not None and not self._detached:

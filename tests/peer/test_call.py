@@ -474,8 +474,13 @@ async def test_close_clears_the_chat_and_is_idempotent(connected: SignalLink) ->
     with pytest.raises(LocalProtocolError):
         await answerer.handle_signal(SignalCandidate(session_id=SESSION, candidate="x"))
 
-    # The far end notices; its own close then clears its side.
+    # The far end notices, and knows it was a close on purpose, not a lost path (the
+    # console would otherwise offer a new connection: docs/calls.md, "Path loss").
     await wait_event(offerer.closed)
+    assert offerer.peer_closed
+    assert not offerer.dropped
+    assert not answerer.peer_closed
+    assert not answerer.dropped
     assert len(offerer.chat) == 1
     await offerer.close()
     assert len(offerer.chat) == 0
