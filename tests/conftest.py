@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -114,3 +116,15 @@ async def open_lab(tmp_path: Path, **overrides: object) -> AsyncIterator[Lab]:
         yield lab
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def advertised(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """A real server advertising itself with zeroconf on loopback, under a name no other
+    test uses (with markup in it: a name found on the network is shown as text)."""
+    name = f"Support <b>{uuid.uuid4().hex[:8]}</b>"
+    server = await RunningServer(lab_config(tmp_path, advertise=True, name=name)).start()
+    assert server.advertiser is not None
+    await asyncio.wait_for(server.advertiser.wait_registered(), 15)
+    yield server
+    await server.stop()

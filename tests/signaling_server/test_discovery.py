@@ -8,7 +8,6 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,17 +25,6 @@ from tests.conftest import Lab, lab_config
 from tests.integration.harness import until
 
 LOOPBACK = ["127.0.0.1"]
-
-
-@pytest.fixture
-async def advertised(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    """A real server advertising itself on loopback under a name no other test uses."""
-    config = lab_config(tmp_path, advertise=True, name=f"Test {uuid.uuid4().hex[:8]}")
-    server = await RunningServer(config).start()
-    assert server.advertiser is not None
-    await asyncio.wait_for(server.advertiser.wait_registered(), 15)
-    yield server
-    await server.stop()
 
 
 async def test_a_server_is_found_with_its_address_and_pin(advertised: RunningServer) -> None:

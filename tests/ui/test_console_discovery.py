@@ -3,12 +3,6 @@ and fills in the address, never the pin: discovery grants no trust."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
@@ -18,18 +12,7 @@ from signaling_server.server import RunningServer
 from tech_console.client import ConsoleClient
 from tech_console.console_model import ConsoleSettings, KnownServer
 from tech_console.ui.login import LoginDialog
-from tests.conftest import lab_config
 from tests.integration.harness import FAST, until
-
-
-@pytest.fixture
-async def advertised(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    config = lab_config(tmp_path, advertise=True, name=f"Support <b>{uuid.uuid4().hex[:6]}</b>")
-    server = await RunningServer(config).start()
-    assert server.advertiser is not None
-    await asyncio.wait_for(server.advertiser.wait_registered(), 15)
-    yield server
-    await server.stop()
 
 
 async def on_loopback() -> list[FoundServer]:
