@@ -79,9 +79,11 @@ def private_key_from_pem(data: bytes) -> Ed25519PrivateKey:
     return key
 
 
-def key_fingerprint(der_or_raw: bytes) -> str:
-    """SHA-256 of a key or certificate, as lowercase hex: what clients pin."""
-    return hashlib.sha256(der_or_raw).hexdigest()
+def certificate_pin(der: bytes) -> str:
+    """What clients pin: the SHA-256 of the server's certificate (DER) as
+    ``sha-256 AB:CD:...``, the form of enrolment codes, zeroconf adverts and SDP."""
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return "sha-256 " + ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
 def _verify(public_key: Ed25519PublicKey, signature_b64: str, payload: bytes) -> None:

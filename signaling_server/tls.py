@@ -8,7 +8,6 @@ the protocol for fingerprints.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
 import os
 import socket
@@ -20,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from protocol.identity import certificate_pin
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,14 +36,9 @@ class TlsIdentity:
         return context
 
 
-def fingerprint_of_der(der: bytes) -> str:
-    digest = hashlib.sha256(der).hexdigest().upper()
-    return "sha-256 " + ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
-
-
 def fingerprint_of_pem_file(path: Path) -> str:
     cert = x509.load_pem_x509_certificate(path.read_bytes())
-    return fingerprint_of_der(cert.public_bytes(serialization.Encoding.DER))
+    return certificate_pin(cert.public_bytes(serialization.Encoding.DER))
 
 
 def load_or_create(
@@ -92,6 +88,6 @@ def load_or_create(
         handle.write(key_bytes)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     identity = TlsIdentity(
-        cert_path, key_path, fingerprint_of_der(cert.public_bytes(serialization.Encoding.DER))
+        cert_path, key_path, certificate_pin(cert.public_bytes(serialization.Encoding.DER))
     )
     return identity, True

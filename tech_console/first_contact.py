@@ -16,18 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from peer.signaling import RequestError
-
-
-def fingerprint_of_der(der: bytes) -> str:
-    """``sha-256 AB:CD:...`` of a DER certificate: the form pins take everywhere."""
-    digest = hashlib.sha256(der).hexdigest().upper()
-    return "sha-256 " + ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+from protocol.identity import certificate_pin
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -68,7 +62,7 @@ async def presented_fingerprint(address: str, *, timeout_s: float = 10.0) -> str
             await writer.wait_closed()
     if not der:
         raise RequestError("unavailable", f"{address} presented no certificate")
-    return fingerprint_of_der(der)
+    return certificate_pin(der)
 
 
 @dataclass(frozen=True, slots=True)

@@ -348,7 +348,7 @@ def test_load_public_key_refuses_bad_input(text: str) -> None:
     assert info.value.code == ErrorCode.INVALID_FIELD
 
 
-def test_key_fingerprint_is_sha256_hex() -> None:
-    assert identity.key_fingerprint(b"") == (
-        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-    )
+def test_the_certificate_pin_is_sha256_in_colon_hex() -> None:
+    empty = "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
+    pairs = [empty[i : i + 2] for i in range(0, 64, 2)]
+    assert identity.certificate_pin(b"") == "sha-256 " + ":".join(pairs)
