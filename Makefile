@@ -1,8 +1,8 @@
 # Live Support — the two commands a person needs: `make demo` and `make test`.
 # Both set up what they need on a fresh machine: a virtual environment with the
 # project installed, the few system libraries Qt needs and coturn (the relay tests
-# start a real TURN server), installed when we are root, otherwise the exact command
-# to run is printed.
+# start a real TURN server) and redis-server and PostgreSQL (the multi-node test starts
+# its own), installed when we are root, otherwise the exact command to run is printed.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -27,6 +27,7 @@ system-libs: $(STAMP)
 	@bash scripts/ensure_system_libs.sh $(BIN)/python
 	@bash scripts/ensure_coturn.sh
 	@bash scripts/ensure_iproute2.sh
+	@bash scripts/ensure_redis_postgres.sh
 
 lint: setup
 	$(BIN)/ruff check .

@@ -326,6 +326,8 @@ async def _close_sockets(app: web.Application) -> None:
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     # Before the site listens: a member that reconnects at once finds its session.
+    # With several nodes, the bus first: which sessions live nodes own (docs/scale.md).
+    await app[HUB].start_bus()
     await app[HUB].restore_sessions()
     sweeper = asyncio.create_task(_sweep_revocations(app[HUB]), name="revocation-sweep")
     yield
@@ -333,6 +335,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
     await app[HUB].shutdown()
+    await app[HUB].stop_bus()
     await app[STORE].close()
 
 

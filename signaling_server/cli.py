@@ -65,6 +65,19 @@ def server_main(argv: Sequence[str]) -> int:
         metavar="SECONDS",
         help="how long a minted TURN credential can make a relay (default 600)",
     )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="redis://host:port/db shared by several nodes (with a shared PostgreSQL "
+        "--db); see docs/scale.md, 'Several nodes'",
+    )
+    parser.add_argument(
+        "--bus-refresh",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often a node says it is alive in Redis (dead after 3 missed)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if (args.cert is None) != (args.key is None):
@@ -96,6 +109,8 @@ def server_main(argv: Sequence[str]) -> int:
         turn_urls=tuple(args.turn_url),
         turn_secret=turn_secret,
         turn_ttl_s=args.turn_ttl,
+        redis_url=args.redis,
+        bus_refresh_s=args.bus_refresh,
     )
     asyncio.run(serve(config, ready_file=args.ready_file))
     return 0

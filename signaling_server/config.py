@@ -49,6 +49,11 @@ class ServerConfig:
     #: How often members of a running call get fresh credentials (None: TTL / 2).
     turn_refresh_s: float | None = None
 
+    #: Redis shared by several nodes (docs/scale.md, "Several nodes"); None: one node.
+    redis_url: str | None = None
+    #: How often a node refreshes its liveness key in Redis (its TTL is 3 times this).
+    bus_refresh_s: float = 2.0
+
     @property
     def database_url(self) -> str:
         if self.db_url:

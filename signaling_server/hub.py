@@ -82,6 +82,7 @@ from protocol.messages import (
 from protocol.permissions import REQUIRED_ACTION, authorize, in_scope
 from protocol.session import FINAL_STATES, Party, SessionEvent, SessionMachine
 from signaling_server import turn
+from signaling_server.bus import Event, LocalBus, make_bus
 from signaling_server.config import ServerConfig
 from signaling_server.store import (
     Device,
@@ -207,6 +208,35 @@ class LiveSession:
             handle.cancel()
 
 
+@dataclass(slots=True)
+class RemoteSession:
+    """A live session another node owns (docs/scale.md, "Several nodes")."""
+
+    id: str
+    device_id: str
+    technician_id: str
+    node: str
+    open: bool
+
+
+class RelayTransport:
+    """A client connected to another node, as the node owning its session sees it:
+    what is sent to it goes over the bus to that node, which sends it on."""
+
+    def __init__(self, hub: Hub, node: str, conn_id: int) -> None:
+        self.hub, self.node, self.conn_id = hub, node, conn_id
+
+    async def send_frame(self, frame: str) -> None:
+        await self.hub.bus.publish_node(
+            self.node, {"k": "reply", "conn": self.conn_id, "frame": frame}
+        )
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.hub.bus.publish_node(
+            self.node, {"k": "close", "conn": self.conn_id, "code": int(code), "reason": reason}
+        )
+
+
 Handler = Callable[[Connection, Any], Awaitable[None]]
 
 
@@ -251,6 +281,14 @@ class Hub:
             if config.turn_urls
             else None
         )
+        #: Several nodes (docs/scale.md): the bus, and what it told us of the others.
+        self.bus: LocalBus = make_bus(config.redis_url, refresh_s=config.bus_refresh_s)
+        self.remote_devices: dict[str, tuple[str, int]] = {}  # device -> (node, conn id)
+        self.remote_sessions: dict[str, RemoteSession] = {}
+        self.remote_device_sessions: dict[str, str] = {}  # device id -> session id
+        self.remote_consoles: dict[str, dict[int, str]] = {}  # technician -> conn -> node
+        #: Our own authenticated connections by id: replies from other nodes find them.
+        self.conns_by_id: dict[int, Connection] = {}
 
     # -- connection lifecycle -------------------------------------------------------
 
@@ -274,10 +312,18 @@ class Hub:
         if conn.token_expiry is not None:
             conn.token_expiry.cancel()
         self.connections.discard(conn)
+        self.conns_by_id.pop(conn.conn_id, None)
         if conn.role is Role.DEVICE and conn.device is not None:
             device_id = conn.device.id
             if self.devices_online.get(device_id) is conn:
                 del self.devices_online[device_id]
+                if self.bus.remote:
+                    await self._bus_call(self.bus.clear_presence(device_id))
+                    await self._bus_call(
+                        self.bus.publish_all(
+                            {"k": "offline", "device": device_id, "node": self.bus.node_id}
+                        )
+                    )
                 self._start_grace(device_id=device_id, lost=Party.DEVICE)
                 await self._store_call(self.store.touch_device(device_id))
                 await self._fan_out_device(device_id)
@@ -285,7 +331,13 @@ class Hub:
             tech_id = conn.technician.id
             conns = self.consoles.get(tech_id, set())
             conns.discard(conn)
-            if not conns:
+            if self.bus.remote:
+                await self._bus_call(
+                    self.bus.publish_all(
+                        {"k": "tech_offline", "tech": tech_id, "conn": conn.conn_id}
+                    )
+                )
+            if not conns and not self.remote_consoles.get(tech_id):
                 self.consoles.pop(tech_id, None)
                 for session in list(self.sessions.values()):
                     if session.technician.id == tech_id:
@@ -326,11 +378,14 @@ class Hub:
         one (path loss) needs a credential that has not expired, and the members
         hear an update after every reconnect of theirs (``session.attach``).
         Nothing here awaits: the frames of a broadcast go out back to back."""
+        return self._with_ice_for(conn.party, update)
+
+    def _with_ice_for(self, party: Party, update: SessionUpdate) -> SessionUpdate:
         session = self.sessions.get(update.session_id)
         relay_only = session is not None and session.relay_only
         servers: tuple[IceServer, ...] = ()
         if self.turn is not None:
-            who = f"{update.session_id}.{conn.party.value}"
+            who = f"{update.session_id}.{party.value}"
             servers = (turn.mint(self.turn, who),)
         return dataclasses.replace(update, ice_servers=servers, relay_only=relay_only)
 
@@ -385,6 +440,8 @@ class Hub:
             except ProtocolError as denial:
                 await self._audit_denial(conn, message, denial)
                 raise
+            if self.bus.remote and await self._forward(conn, message, frame):
+                return
             try:
                 await self._handlers[type(message)](conn, message)
             except ProtocolError as refusal:
@@ -500,6 +557,8 @@ class Hub:
             if previous is not None:
                 await previous.transport.close(CloseCode.REPLACED, "connected again elsewhere")
             self._cancel_grace(device_id=device.id)
+            if self.bus.remote:
+                await self._announce_device(conn)
             await self.send(conn, self._auth_ok(device.id, Role.DEVICE, device.name, message.rid))
             await self._send_device_status(device.id)
             await self._fan_out_device(device.id)
@@ -533,6 +592,18 @@ class Hub:
                     session.cancel_timer("technician_grace")
             await self.send(conn, self._auth_ok(tech.id, tech.role, tech.display_name, message.rid))
             await self._resend_session_state(conn)
+            if self.bus.remote:
+                self.conns_by_id[conn.conn_id] = conn
+                await self._bus_call(
+                    self.bus.publish_all(
+                        {
+                            "k": "tech_online",
+                            "tech": tech.id,
+                            "node": self.bus.node_id,
+                            "conn": conn.conn_id,
+                        }
+                    )
+                )
             return
         raise LocalProtocolError(ErrorCode.UNAUTHENTICATED, "authenticate first")
 
@@ -552,12 +623,23 @@ class Hub:
     def _device_status(self, device: Device) -> LiveSupportStatus:
         session_id = self.device_sessions.get(device.id)
         session = self.sessions.get(session_id) if session_id else None
+        session_open = session is not None and session.machine.is_open
+        if session is None and self.remote_device_sessions:
+            remote = self.remote_sessions.get(self.remote_device_sessions.get(device.id, ""))
+            session_open = remote is not None and remote.open
         return derive_status(
             service_installed=device.service_installed,
             service_enabled=device.service_enabled,
             policy_enabled=device.policy_enabled,
-            session_open=session is not None and session.machine.is_open,
+            session_open=session_open,
         )
+
+    def _session_id_for(self, device_id: str) -> str | None:
+        """The device's one live session, whichever node owns it."""
+        return self.device_sessions.get(device_id) or self.remote_device_sessions.get(device_id)
+
+    def _is_online(self, device_id: str) -> bool:
+        return device_id in self.devices_online or device_id in self.remote_devices
 
     @staticmethod
     def _allowed_modes(device: Device) -> tuple[Mode, ...]:
@@ -572,11 +654,11 @@ class Hub:
             model=device.model,
             os=device.os,
             status=self._device_status(device),
-            online=device.id in self.devices_online,
+            online=self._is_online(device.id),
             last_seen_ms=device.last_seen_ms,
             allowed_modes=self._allowed_modes(device),
             public_key=device.public_key,
-            session_id=self.device_sessions.get(device.id),
+            session_id=self._session_id_for(device.id),
         )
 
     async def _send_device_status(self, device_id: str) -> None:
@@ -590,15 +672,18 @@ class Hub:
                 status=self._device_status(device),
                 policy_enabled=device.policy_enabled,
                 allowed_modes=self._allowed_modes(device),
-                session_id=self.device_sessions.get(device_id),
+                session_id=self._session_id_for(device_id),
             ),
         )
 
-    async def _fan_out_device(self, device_id: str) -> None:
-        """Tell every subscribed console that can see this device how it is now."""
+    async def _fan_out_device(self, device_id: str, *, publish: bool = True) -> None:
+        """Tell every subscribed console that can see this device how it is now (on
+        every node: the others read the device afresh from the shared store)."""
         device = await self.store.device(device_id)
         if device is not None:
             await self._fan_out(device)
+        if publish and self.bus.remote:
+            await self._bus_call(self.bus.publish_all({"k": "device", "device": device_id}))
 
     async def _fan_out(self, device: Device) -> None:
         frame = SIGNALING.encode(DeviceUpdate(device=self._device_info(device)))
@@ -680,11 +765,15 @@ class Hub:
     async def _to_technician(self, session: LiveSession, message: Message) -> None:
         for conn in list(self.consoles.get(session.technician.id, ())):
             await self.send(conn, message)
+        if self.remote_consoles.get(session.technician.id):
+            await self._to_remote_technician(session.technician.id, message)
 
     async def _to_device(self, session: LiveSession, message: Message) -> None:
         conn = self.devices_online.get(session.device_id)
         if conn is not None:
             await self.send(conn, message)
+        elif session.device_id in self.remote_devices:
+            await self._to_remote_device(session.device_id, message)
 
     async def _broadcast(self, session: LiveSession, message: Message) -> None:
         # The device first: a ``connecting`` update hands it its ICE servers, which
@@ -726,9 +815,9 @@ class Hub:
         }
         if status in unavailable:
             raise LocalProtocolError(ErrorCode.UNAVAILABLE, unavailable[status])
-        if device.id in self.device_sessions:
+        if self._session_id_for(device.id) is not None:
             raise LocalProtocolError(ErrorCode.CONFLICT, "the device already has a session")
-        if device.id not in self.devices_online:
+        if not self._is_online(device.id):
             raise LocalProtocolError(ErrorCode.UNAVAILABLE, "the device is offline")
         allowed = self._allowed_modes(device)
         if msg.mode not in allowed:
@@ -759,6 +848,7 @@ class Hub:
         invite = self._invite(session)
         self.sessions[session.id] = session
         self.device_sessions[device.id] = session.id
+        await self._publish_session(session)
         await self.store.record_live_session(
             SessionRow(
                 id=session.id,
@@ -816,6 +906,7 @@ class Hub:
     async def _move(self, session: LiveSession, event: SessionEvent, by: Party) -> None:
         session.machine.handle(event, by)
         await self.store.update_session(session.id, state=session.machine.state.value)
+        await self._publish_session(session)
 
     async def _on_session_accept(self, conn: Connection, msg: SessionAccept) -> None:
         session = self._member_session(conn, msg.session_id)
@@ -983,7 +1074,7 @@ class Hub:
         relay = dataclasses.replace(msg, rid=None)
         if conn.party is Party.TECHNICIAN:
             if isinstance(relay, SignalSdp):
-                away = session.device_id not in self.devices_online
+                away = not self._is_online(session.device_id)
                 session.pending_offer = relay if away else None
             await self._to_device(session, relay)
         else:
@@ -1032,6 +1123,13 @@ class Hub:
         self.sessions.pop(session.id, None)
         if self.device_sessions.get(session.device_id) == session.id:
             del self.device_sessions[session.device_id]
+        if self.bus.remote:
+            await self._bus_call(self.bus.drop_session(session.id))
+            await self._bus_call(
+                self.bus.publish_all(
+                    {"k": "session_end", "session": session.id, "device": session.device_id}
+                )
+            )
         await self._send_device_status(session.device_id)
         await self._fan_out_device(session.device_id)
 
@@ -1061,7 +1159,23 @@ class Hub:
         attach. Nobody is connected yet, so each member starts its grace period now;
         an invite keeps what was left of its answer time. Returns how many came back."""
         restored = 0
+        owners: dict[str, str] = {}
+        if self.bus.remote:
+            owners = {
+                sid: str(info.get("node")) for sid, info in (await self.bus.sessions()).items()
+            }
         for row, live in await self.store.live_sessions():
+            if row.id in self.sessions:
+                continue
+            if self.bus.remote:
+                # Several nodes share the table: a session a live node owns is not ours
+                # to take; an orphan goes to the one node that claims it first
+                # (docs/scale.md, "Several nodes").
+                owner = owners.get(row.id, "")
+                if self.bus.alive(owner) and owner != self.bus.node_id:
+                    continue
+                if not await self.bus.claim(f"takeover:{row.id}:{owner}"):
+                    continue
             tech = await self.store.technician(row.technician_id)
             device = await self.store.device(row.device_id)
             state = SessionState(row.state)
@@ -1097,6 +1211,7 @@ class Hub:
             )
             self.sessions[session.id] = session
             self.device_sessions[session.device_id] = session.id
+            await self._publish_session(session)
             if state is SessionState.INVITED:
                 left_s = (
                     session.created_at_ms + self.config.invite_timeout_s * 1000 - now_ms()
@@ -1215,6 +1330,8 @@ class Hub:
             device_conn = self.devices_online.get(device_id)
             if device_conn is not None:
                 await self.send(device_conn, deliver)
+            elif device_id in self.remote_devices:
+                await self._to_remote_device(device_id, deliver)
 
     async def _authorize_target(
         self, conn: Connection, msg: NotifySend, group_id: str, target: str
@@ -1283,6 +1400,8 @@ class Hub:
         )
         for console in list(self.consoles.get(note.technician_id, ())):
             await self.send(console, update)
+        if self.remote_consoles.get(note.technician_id):
+            await self._to_remote_technician(note.technician_id, update)
 
     async def _on_notify_ack(self, conn: Connection, msg: NotifyAck) -> None:
         state = (
@@ -1372,6 +1491,290 @@ class Hub:
         for conn in [c for conns in self.consoles.values() for c in conns]:
             if conn.token_hash == revoked:
                 await conn.transport.close(CloseCode.AUTH_FAILED, "logged out")
+
+    # -- several nodes (docs/scale.md, "Several nodes") -----------------------------
+
+    async def start_bus(self) -> None:
+        """Join the other nodes (nothing to do for one node) and learn what they hold."""
+        await self.bus.start(self.on_bus_event)
+        if not self.bus.remote:
+            return
+        for device_id, node in (await self.bus.presence()).items():
+            if node != self.bus.node_id:
+                self.remote_devices[device_id] = (node, 0)
+        for session_id, info in (await self.bus.sessions()).items():
+            self._remember_session(session_id, info)
+
+    async def stop_bus(self) -> None:
+        await self.bus.stop()
+
+    async def _bus_call(self, awaitable: Awaitable[Any]) -> Any:
+        """A bus call whose failure (Redis away for a moment) must not take the
+        connection being served down with it; the node's heartbeat recovers."""
+        try:
+            return await awaitable
+        except Exception:
+            log.exception("bus call failed")
+            return None
+
+    async def _announce_device(self, conn: Connection) -> None:
+        assert conn.device is not None
+        self.conns_by_id[conn.conn_id] = conn
+        self.remote_devices.pop(conn.device.id, None)
+        await self._bus_call(self.bus.set_presence(conn.device.id))
+        await self._bus_call(
+            self.bus.publish_all(
+                {
+                    "k": "online",
+                    "device": conn.device.id,
+                    "node": self.bus.node_id,
+                    "conn": conn.conn_id,
+                }
+            )
+        )
+
+    async def _publish_session(self, session: LiveSession) -> None:
+        if not self.bus.remote:
+            return
+        info = {
+            "session": session.id,
+            "device": session.device_id,
+            "tech": session.technician.id,
+            "node": self.bus.node_id,
+            "open": session.machine.is_open,
+        }
+        await self._bus_call(self.bus.put_session(session.id, info))
+        await self._bus_call(self.bus.publish_all({"k": "session", **info}))
+
+    def _remember_session(self, session_id: str, info: Event) -> None:
+        if session_id in self.sessions:
+            return
+        remote = RemoteSession(
+            id=session_id,
+            device_id=str(info["device"]),
+            technician_id=str(info["tech"]),
+            node=str(info["node"]),
+            open=bool(info["open"]),
+        )
+        self.remote_sessions[session_id] = remote
+        self.remote_device_sessions[remote.device_id] = session_id
+
+    def _forget_session(self, session_id: str) -> None:
+        remote = self.remote_sessions.pop(session_id, None)
+        if remote is not None and self.remote_device_sessions.get(remote.device_id) == session_id:
+            del self.remote_device_sessions[remote.device_id]
+
+    async def _to_remote_device(self, device_id: str, message: Message) -> None:
+        node, _ = self.remote_devices[device_id]
+        if isinstance(message, SessionUpdate) and message.state in CALL_STATES:
+            message = self._with_ice_for(Party.DEVICE, message)
+        frame = SIGNALING.encode(message)
+        await self._bus_call(
+            self.bus.publish_node(node, {"k": "to_device", "device": device_id, "frame": frame})
+        )
+
+    async def _to_remote_technician(self, technician_id: str, message: Message) -> None:
+        if isinstance(message, SessionUpdate) and message.state in CALL_STATES:
+            message = self._with_ice_for(Party.TECHNICIAN, message)
+        frame = SIGNALING.encode(message)
+        for node in set(self.remote_consoles.get(technician_id, {}).values()):
+            await self._bus_call(
+                self.bus.publish_node(node, {"k": "to_tech", "tech": technician_id, "frame": frame})
+            )
+
+    async def _forward(self, conn: Connection, message: Message, frame: str | bytes) -> bool:
+        """A request about a session another node owns goes to that node, which
+        authorizes and handles it as its own (its replies come back as ``reply``)."""
+        session_id = _session_id_of(message)
+        remote = self.remote_sessions.get(session_id) if session_id else None
+        if remote is None or session_id in self.sessions or not self.bus.alive(remote.node):
+            return False
+        self.conns_by_id[conn.conn_id] = conn
+        text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+        await self.bus.publish_node(
+            remote.node,
+            {
+                "k": "frame",
+                "party": conn.party.value,
+                "principal": conn.principal_id,
+                "node": self.bus.node_id,
+                "conn": conn.conn_id,
+                "frame": text,
+            },
+        )
+        return True
+
+    async def _proxy(self, party: str, principal: str, node: str, conn_id: int) -> Connection:
+        """A client of another node, as a connection of ours (see RelayTransport)."""
+        conn = Connection(
+            RelayTransport(self, node, conn_id),
+            f"node:{node}",
+            TokenBucket(self.config.rate_per_s, self.config.rate_burst),
+        )
+        conn.nonce, conn.principal_id = "", principal
+        if party == Party.DEVICE.value:
+            conn.role, conn.device = Role.DEVICE, await self.store.device(principal)
+            if conn.device is None:
+                raise LocalProtocolError(ErrorCode.NOT_FOUND, "no such device")
+        else:
+            tech = await self.store.technician(principal)
+            if tech is None:
+                raise LocalProtocolError(ErrorCode.UNAUTHENTICATED, "no such technician")
+            conn.role, conn.technician = tech.role, tech
+        return conn
+
+    async def _handle_forwarded(self, event: Event) -> None:
+        """A frame another node took from its authenticated client (it checked the
+        signature or token): decoded, authorized and handled here like a local one."""
+        conn = await self._proxy(
+            str(event["party"]), str(event["principal"]), str(event["node"]), int(event["conn"])
+        )
+        frame = str(event["frame"])
+        rid = peek_rid(frame)
+        try:
+            message = SIGNALING.decode(frame, conn.sender)
+            rid = message.rid
+            action = REQUIRED_ACTION.get(type(message))
+            if action is None:
+                raise LocalProtocolError(ErrorCode.UNKNOWN_TYPE, f"{message.TYPE!r}")
+            assert conn.role is not None
+            authorize(conn.role, action)
+            await self._handlers[type(message)](conn, message)
+        except ProtocolError as error:
+            await self._refuse(conn, error, rid)
+        except Exception:
+            log.exception("internal error handling a frame from node %s", event["node"])
+            internal = LocalProtocolError(ErrorCode.INTERNAL, "internal server error")
+            await self._refuse(conn, internal, rid)
+
+    async def on_bus_event(self, event: Event) -> None:
+        """What another node told us; see the list in docs/scale.md."""
+        kind = event.get("k")
+        if kind == "device":
+            device_id = str(event["device"])
+            await self._send_device_status(device_id)
+            await self._fan_out_device(device_id, publish=False)
+        elif kind == "online":
+            await self._remote_device_online(event)
+        elif kind == "offline":
+            device_id = str(event["device"])
+            held = self.remote_devices.get(device_id)
+            if held is not None and held[0] == event["node"]:
+                del self.remote_devices[device_id]
+                self._start_grace(device_id=device_id, lost=Party.DEVICE)
+        elif kind == "session":
+            self._remember_session(str(event["session"]), event)
+        elif kind == "session_end":
+            self._forget_session(str(event["session"]))
+        elif kind == "to_device":
+            conn = self.devices_online.get(str(event["device"]))
+            if conn is not None:
+                await self._send_encoded(conn, str(event["frame"]))
+        elif kind == "to_tech":
+            for conn in list(self.consoles.get(str(event["tech"]), ())):
+                await self._send_encoded(conn, str(event["frame"]))
+        elif kind == "frame":
+            await self._handle_forwarded(event)
+        elif kind == "reply":
+            target = self.conns_by_id.get(int(event["conn"]))
+            if target is not None:
+                await self._send_encoded(target, str(event["frame"]))
+        elif kind == "close":
+            target = self.conns_by_id.get(int(event["conn"]))
+            if target is not None:
+                await target.transport.close(int(event["code"]), str(event["reason"]))
+        elif kind == "tech_online":
+            await self._remote_technician_online(event)
+        elif kind == "tech_offline":
+            tech_id = str(event["tech"])
+            conns = self.remote_consoles.get(tech_id, {})
+            conns.pop(int(event["conn"]), None)
+            if not conns and not self.consoles.get(tech_id):
+                self.remote_consoles.pop(tech_id, None)
+                for session in list(self.sessions.values()):
+                    if session.technician.id == tech_id:
+                        self._start_grace(session=session, lost=Party.TECHNICIAN)
+        elif kind == "node_dead":
+            await self._node_died(str(event["node"]), [str(d) for d in event.get("devices", [])])
+
+    async def _remote_device_online(self, event: Event) -> None:
+        device_id, node, conn_id = str(event["device"]), str(event["node"]), int(event["conn"])
+        stale = self.devices_online.pop(device_id, None)
+        if stale is not None:
+            # It connected again through another node: this socket is a dead path.
+            await stale.transport.close(CloseCode.REPLACED, "connected again elsewhere")
+        self.remote_devices[device_id] = (node, conn_id)
+        session = self._session_of_device(device_id)
+        if session is not None:
+            # Our session's device is back, on another node: as a local reconnect.
+            session.cancel_timer("device_grace")
+            await self._resend_session_state(
+                await self._proxy(Party.DEVICE.value, device_id, node, conn_id)
+            )
+
+    async def _remote_technician_online(self, event: Event) -> None:
+        tech_id, node, conn_id = str(event["tech"]), str(event["node"]), int(event["conn"])
+        self.remote_consoles.setdefault(tech_id, {})[conn_id] = node
+        mine = [s for s in self.sessions.values() if s.technician.id == tech_id]
+        for session in mine:
+            session.cancel_timer("technician_grace")
+        if mine:
+            await self._resend_session_state(
+                await self._proxy(Party.TECHNICIAN.value, tech_id, node, conn_id)
+            )
+
+    async def _node_died(self, node: str, devices: list[str]) -> None:
+        """Another node is gone: its devices are offline (until they reconnect to one
+        of us), its consoles gone, and its sessions orphans one of us takes over."""
+        for device_id, (held_by, _) in list(self.remote_devices.items()):
+            if held_by == node:
+                devices.append(device_id)
+        for device_id in set(devices):
+            held = self.remote_devices.get(device_id)
+            if held is not None and held[0] == node:
+                del self.remote_devices[device_id]
+                self._start_grace(device_id=device_id, lost=Party.DEVICE)
+                await self._fan_out_device(device_id, publish=False)
+        for tech_id, conns in list(self.remote_consoles.items()):
+            for conn_id, held_by in list(conns.items()):
+                if held_by == node:
+                    del conns[conn_id]
+            if not conns:
+                del self.remote_consoles[tech_id]
+                if not self.consoles.get(tech_id):
+                    for session in list(self.sessions.values()):
+                        if session.technician.id == tech_id:
+                            self._start_grace(session=session, lost=Party.TECHNICIAN)
+        orphans = [s for s in self.remote_sessions.values() if s.node == node]
+        for orphan in orphans:
+            self._forget_session(orphan.id)
+        if orphans and await self.restore_sessions():
+            await self._adopt_members()
+
+    async def _adopt_members(self) -> None:
+        """After a take-over: the members still connected (here or on another node)
+        are no lost members; they hear where their session stands."""
+        for session in list(self.sessions.values()):
+            held = self.remote_devices.get(session.device_id)
+            if session.device_id in self.devices_online or held is not None:
+                session.cancel_timer("device_grace")
+            if self.consoles.get(session.technician.id) or self.remote_consoles.get(
+                session.technician.id
+            ):
+                session.cancel_timer("technician_grace")
+            device_conn = self.devices_online.get(session.device_id)
+            if device_conn is not None:
+                await self._resend_session_state(device_conn)
+            elif held is not None:
+                proxy = await self._proxy(Party.DEVICE.value, session.device_id, *held)
+                await self._resend_session_state(proxy)
+            for conn in list(self.consoles.get(session.technician.id, ())):
+                await self._resend_session_state(conn)
+            for conn_id, node in self.remote_consoles.get(session.technician.id, {}).items():
+                proxy = await self._proxy(
+                    Party.TECHNICIAN.value, session.technician.id, node, conn_id
+                )
+                await self._resend_session_state(proxy)
 
     def stats(self) -> dict[str, Any]:
         return {
