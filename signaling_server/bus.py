@@ -71,8 +71,9 @@ class LocalBus:
     async def publish_all(self, event: Event) -> None:
         return None
 
-    async def publish_node(self, node: str, event: Event) -> None:
-        return None
+    async def publish_node(self, node: str, event: Event) -> int:
+        """Returns how many nodes heard it (0: that node is gone)."""
+        return 0
 
     async def set_presence(self, device_id: str) -> None:
         return None
@@ -242,8 +243,11 @@ class RedisBus(LocalBus):
     async def publish_all(self, event: Event) -> None:
         await self._redis.publish(ALL, json.dumps({**event, "from": self.node_id}))
 
-    async def publish_node(self, node: str, event: Event) -> None:
-        await self._redis.publish(node_channel(node), json.dumps({**event, "from": self.node_id}))
+    async def publish_node(self, node: str, event: Event) -> int:
+        heard: int = await self._redis.publish(
+            node_channel(node), json.dumps({**event, "from": self.node_id})
+        )
+        return heard
 
     # -- shared look-ups --------------------------------------------------------------
 

@@ -289,6 +289,9 @@ class Hub:
         self.remote_consoles: dict[str, dict[int, str]] = {}  # technician -> conn -> node
         #: Our own authenticated connections by id: replies from other nodes find them.
         self.conns_by_id: dict[int, Connection] = {}
+        #: Requests forwarded to another node and not answered yet, by that node: if it
+        #: dies first, their senders hear so instead of waiting for a reply never sent.
+        self.forwarded: dict[str, dict[tuple[int, int], Connection]] = {}
 
     # -- connection lifecycle -------------------------------------------------------
 
@@ -1586,12 +1589,21 @@ class Hub:
         """A request about a session another node owns goes to that node, which
         authorizes and handles it as its own (its replies come back as ``reply``)."""
         session_id = _session_id_of(message)
-        remote = self.remote_sessions.get(session_id) if session_id else None
-        if remote is None or session_id in self.sessions or not self.bus.alive(remote.node):
+        if not session_id or session_id in self.sessions:
+            return False
+        remote = self.remote_sessions.get(session_id)
+        if remote is None or not self.bus.alive(remote.node):
+            row = await self.store.session(session_id)
+            if row is not None and SessionState(row.state) not in FINAL_STATES:
+                # Open, and no live node owns it: its owner just died and another node
+                # is taking it over. Not NOT_FOUND, which would end the client's side.
+                raise LocalProtocolError(
+                    ErrorCode.UNAVAILABLE, "the session's node is gone; try again shortly"
+                )
             return False
         self.conns_by_id[conn.conn_id] = conn
         text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
-        await self.bus.publish_node(
+        heard = await self.bus.publish_node(
             remote.node,
             {
                 "k": "frame",
@@ -1602,6 +1614,13 @@ class Hub:
                 "frame": text,
             },
         )
+        if not heard:
+            # Its owner stopped listening (killed) before its key expired.
+            raise LocalProtocolError(
+                ErrorCode.UNAVAILABLE, "the session's node is gone; try again shortly"
+            )
+        if message.rid is not None:
+            self.forwarded.setdefault(remote.node, {})[(conn.conn_id, message.rid)] = conn
         return True
 
     async def _proxy(self, party: str, principal: str, node: str, conn_id: int) -> Connection:
@@ -1652,6 +1671,13 @@ class Hub:
         kind = event.get("k")
         if kind == "device":
             device_id = str(event["device"])
+            session = self._session_of_device(device_id)
+            if session is not None:
+                # Our session's device switched its service off on another node: the
+                # user withdrew consent (as _on_status_report does for a local one).
+                device = await self.store.device(device_id)
+                if device is not None and not (device.service_installed and device.service_enabled):
+                    await self._end_session(session, CloseReason.SERVICE_DISABLED, Party.SERVER)
             await self._send_device_status(device_id)
             await self._fan_out_device(device_id, publish=False)
         elif kind == "online":
@@ -1677,6 +1703,9 @@ class Hub:
             await self._handle_forwarded(event)
         elif kind == "reply":
             target = self.conns_by_id.get(int(event["conn"]))
+            rid = peek_rid(str(event["frame"]))
+            if rid is not None:
+                self.forwarded.get(str(event["from"]), {}).pop((int(event["conn"]), rid), None)
             if target is not None:
                 await self._send_encoded(target, str(event["frame"]))
         elif kind == "close":
@@ -1726,6 +1755,11 @@ class Hub:
     async def _node_died(self, node: str, devices: list[str]) -> None:
         """Another node is gone: its devices are offline (until they reconnect to one
         of us), its consoles gone, and its sessions orphans one of us takes over."""
+        gone = LocalProtocolError(
+            ErrorCode.UNAVAILABLE, "the session's node is gone; try again shortly"
+        )
+        for (_, rid), conn in self.forwarded.pop(node, {}).items():
+            await self._refuse(conn, gone, rid)
         for device_id, (held_by, _) in list(self.remote_devices.items()):
             if held_by == node:
                 devices.append(device_id)
@@ -1746,10 +1780,14 @@ class Hub:
                         if session.technician.id == tech_id:
                             self._start_grace(session=session, lost=Party.TECHNICIAN)
         orphans = [s for s in self.remote_sessions.values() if s.node == node]
-        for orphan in orphans:
-            self._forget_session(orphan.id)
         if orphans and await self.restore_sessions():
             await self._adopt_members()
+        for orphan in orphans:
+            # Taken here, or by another node (its ``session`` event names the new
+            # owner), or ended: no longer the dead node's.
+            current = self.remote_sessions.get(orphan.id)
+            if orphan.id in self.sessions or (current is not None and current.node == node):
+                self._forget_session(orphan.id)
 
     async def _adopt_members(self) -> None:
         """After a take-over: the members still connected (here or on another node)

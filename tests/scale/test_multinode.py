@@ -3,7 +3,7 @@ sharing one PostgreSQL and one Redis, a device agent connected to node A through
 ordinary load balancer, a console connected to node B. A full video session (real
 aiortc, the device's real session process), chat, hang-up, close and a notification
 round cross the nodes; then node A is killed (SIGKILL) and the device comes back
-through node B, which serves it a new session."""
+through node B and takes up its session there, which then ends as any other."""
 
 from __future__ import annotations
 
@@ -19,8 +19,17 @@ from device_agent.session_host import process_alive
 from device_agent.state import AgentState
 from peer.call_media import MediaOptions
 from peer.chat import DeliveryState
+from peer.signaling import RequestError
 from protocol.enrolment import EnrolmentCode
-from protocol.enums import LiveSupportStatus, Mode, NotificationState, Role, SessionState
+from protocol.enums import (
+    CloseReason,
+    LiveSupportStatus,
+    Mode,
+    NotificationState,
+    Role,
+    SessionState,
+)
+from protocol.errors import ErrorCode
 from protocol.messages import NotifyDeliver, SessionInvite
 from signaling_server import tls
 from signaling_server.store import Store
@@ -39,6 +48,7 @@ class Cluster:
     a: NodeProcess
     b: NodeProcess
     balancer: LoadBalancer
+    console_balancer: LoadBalancer
     agent: DeviceAgent
     console: ConsoleClient
     notes: asyncio.Queue[NotifyDeliver]
@@ -106,6 +116,7 @@ async def cluster(tmp_path: Path, redis_url: str, postgres_url: str) -> AsyncIte
 
     a, b = node("a"), node("b")
     balancer: LoadBalancer | None = None
+    console_balancer: LoadBalancer | None = None
     agent: DeviceAgent | None = None
     console: ConsoleClient | None = None
     try:
@@ -135,21 +146,30 @@ async def cluster(tmp_path: Path, redis_url: str, postgres_url: str) -> AsyncIte
         )
         await agent.start()
         await agent.client.wait_online()
-        # The console talks to node B directly.
+        # The console's balancer prefers node B (as if it were nearer).
+        console_balancer = LoadBalancer([b.port, a.port])
+        await console_balancer.start()
         console = ConsoleClient(
-            b.url, b.fingerprint, backoff=FAST, media_options=MediaOptions(width=320, height=240)
+            console_balancer.url,
+            identity.fingerprint,
+            backoff=FAST,
+            media_options=MediaOptions(width=320, height=240),
         )
         await console.login("tech", PASSWORD)
-        yield Cluster(a, b, balancer, agent, console, notes, db_url)
+        yield Cluster(a, b, balancer, console_balancer, agent, console, notes, db_url)
     finally:
-        if console is not None:
-            await console.close()
-        if agent is not None:
-            await agent.stop()
-        if balancer is not None:
-            await balancer.stop()
-        await a.stop()
-        await b.stop()
+        # Each part stops even if another failed to: no node outlives the test.
+        try:
+            if console is not None:
+                await console.close()
+            if agent is not None:
+                await agent.stop()
+        finally:
+            for each in (balancer, console_balancer):
+                if each is not None:
+                    await each.stop()
+            await a.stop()
+            await b.stop()
 
 
 def frames_in(session: ConsoleSession) -> int:
@@ -231,19 +251,72 @@ async def test_two_nodes_a_session_across_them_and_a_node_killed(cluster: Cluste
     await until(lambda: progress.states[made.device_id] is NotificationState.ANSWERED, 30)
     assert progress.answers[made.device_id] == "Yes, it prints"
 
-    # Node A dies: only its connection (the device's) goes; the console on B stays.
+    # Node A dies in the middle of a (chat) session: only its connection, the
+    # device's, goes with it; the console on B stays, and so does the session B owns.
+    again = await made.console.start_session(made.device_id, Mode.TEXT, "ticket MN-2")
+    await made.console.wait_session(again, [SessionState.IN_CALL], timeout_s=60)
+    agent_again = made.agent.session
+    assert agent_again is not None
+    assert agent_again.session_id == again.session_id
     await made.a.kill()
     assert made.console.link.online.is_set()
-    # The device comes back through the balancer, to B (A refuses), and the console
-    # sees it online again: first offline (A's liveness key expired or the device
-    # reconnected), then online, held by the one node left.
+    # The device comes back through the balancer, which finds only B now, and takes
+    # up the same session there (session.attach); nothing else is needed of it.
     await until(lambda: made.agent.online, 60)
     await until(lambda: seen_online(made), 60)
     assert made.b.alive
     assert not made.a.alive
-    # Everything works through B alone: a new session, chat-only this time.
-    again = await made.console.start_session(made.device_id, Mode.TEXT, "ticket MN-2")
-    await made.console.wait_session(again, [SessionState.IN_CALL], timeout_s=60)
+    assert made.agent.session is agent_again
+    assert again.state is SessionState.IN_CALL
+    # And the session ends as any other, through B alone, on both ends.
     await made.console.close_session(again.session_id)
     await made.console.wait_session(again, [SessionState.CLOSED], timeout_s=30)
     await until(lambda: made.agent.session is None, 30)
+    assert again.last_update is not None
+    assert again.last_update.close_reason is CloseReason.CLOSED_BY_TECHNICIAN
+
+
+async def test_the_node_owning_a_session_dies_and_another_takes_it_over(cluster: Cluster) -> None:
+    """The session's owner (node B, where the console started it) is killed: the
+    console reconnects through its balancer to node A, which already holds the device;
+    node A takes the orphan over from the live_sessions table when B's liveness key
+    expires, and both ends go on with the same session, which then ends normally."""
+    made = cluster
+    await until(lambda: seen_online(made), 30)
+    session = await made.console.start_session(made.device_id, Mode.TEXT, "ticket MN-3")
+    await made.console.wait_session(session, [SessionState.IN_CALL], timeout_s=60)
+    agent_session = made.agent.session
+    assert agent_session is not None
+
+    await made.b.kill()
+    # The device's node is untouched: the device stays connected through it all.
+    await until(lambda: made.console.link.online.is_set(), 60)
+    store = await Store.open(made.db_url)
+    try:
+        # The session is still open in the shared store (nobody ended it), and a
+        # request on it (close) reaches its new owner, node A, and ends it on both ends.
+        row = await store.session(session.session_id)
+        assert row is not None
+        assert row.state == SessionState.IN_CALL.value
+    finally:
+        await store.close()
+    assert made.agent.online
+    assert made.agent.session is agent_session
+
+    async def close_when_taken_over() -> None:
+        # Until node A noticed B's death (its key's TTL), the session has no live
+        # owner and a request is refused as unavailable; the console retries.
+        while True:
+            try:
+                await made.console.close_session(session.session_id)
+                return
+            except RequestError as refusal:
+                if refusal.code != ErrorCode.UNAVAILABLE.value:
+                    raise
+            await asyncio.sleep(0.2)  # a retry's pace, as a person clicking again
+
+    await asyncio.wait_for(close_when_taken_over(), 60)
+    await made.console.wait_session(session, [SessionState.CLOSED], timeout_s=30)
+    await until(lambda: made.agent.session is None, 30)
+    assert session.last_update is not None
+    assert session.last_update.close_reason is CloseReason.CLOSED_BY_TECHNICIAN
