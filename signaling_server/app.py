@@ -43,7 +43,7 @@ from protocol.codec import MAX_FRAME_BYTES
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.messages import SIGNALING, Error
 from protocol.permissions import Action, allows
-from signaling_server import rest_admin
+from signaling_server import limits, rest_admin
 
 # Re-exported: tests and tools reach the store and the hub through these keys.
 from signaling_server.appkeys import CONFIG as CONFIG
@@ -241,7 +241,9 @@ async def session_summary(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", **request.app[HUB].stats()})
+    return web.json_response(
+        {"status": "ok", **request.app[HUB].stats(), **request.app[limits.OPEN_FILES].stats()}
+    )
 
 
 def _origin_allowed(request: web.Request) -> bool:
@@ -256,6 +258,21 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return _json_error(403, ErrorCode.FORBIDDEN, "foreign Origin refused")
     config = request.app[CONFIG]
     hub = request.app[HUB]
+    open_files = request.app[limits.OPEN_FILES]
+    if not open_files.admit():
+        # Refused while the process can still answer: at the cap, accept() fails.
+        return _json_error(
+            503, ErrorCode.UNAVAILABLE, "the server is at its connection limit: try another"
+        )
+    try:
+        return await _serve_websocket(request, config, hub)
+    finally:
+        open_files.release()
+
+
+async def _serve_websocket(
+    request: web.Request, config: ServerConfig, hub: Hub
+) -> web.WebSocketResponse:
     # Per-message compression is off: it costs hundreds of KiB per connection and
     # signaling frames are small.
     ws = web.WebSocketResponse(
@@ -352,8 +369,10 @@ def make_app(config: ServerConfig, store: Store, fingerprint: str) -> web.Applic
         free_failures=config.login_free_failures,
     )
     app[SOCKETS] = set()
+    app[limits.OPEN_FILES] = limits.OpenFilesGuard.for_this_process()
     app.on_shutdown.append(_close_sockets)
     app.cleanup_ctx.append(_lifecycle)
+    app.cleanup_ctx.append(limits.watch_open_files)
     app.router.add_post("/api/v1/login", login)
     app.router.add_post("/api/v1/logout", logout)
     app.router.add_post("/api/v1/enrol", enrol)

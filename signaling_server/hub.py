@@ -79,7 +79,7 @@ from protocol.messages import (
     StatusReport,
     TechnicianCard,
 )
-from protocol.permissions import REQUIRED_ACTION, authorize, in_scope
+from protocol.permissions import REQUIRED_ACTION, UNSCOPED_ROLES, authorize
 from protocol.session import FINAL_STATES, Party, SessionEvent, SessionMachine
 from signaling_server import turn
 from signaling_server.bus import Event, LocalBus, make_bus
@@ -242,6 +242,8 @@ Handler = Callable[[Connection, Any], Awaitable[None]]
 
 #: Session states whose updates carry the member's ICE servers (see Hub._with_ice).
 CALL_STATES = frozenset({SessionState.CONNECTING, SessionState.IN_CALL})
+#: Notification deliveries sent between two yields to the event loop.
+NOTIFY_BATCH = 500
 
 
 class Hub:
@@ -252,6 +254,11 @@ class Hub:
         self.connections: set[Connection] = set()
         self.devices_online: dict[str, Connection] = {}
         self.consoles: dict[str, set[Connection]] = {}  # technician id -> connections
+        #: The fan-out index: subscribed consoles by the device groups they see, and
+        #: those that see every group (unscoped roles); what each was indexed under.
+        self._watchers: dict[str, set[Connection]] = {}
+        self._watch_all: set[Connection] = set()
+        self._watch_keys: dict[Connection, tuple[str, ...]] = {}
         self.sessions: dict[str, LiveSession] = {}
         self.device_sessions: dict[str, str] = {}  # device id -> its one live session
         self._tasks: set[asyncio.Task[None]] = set()
@@ -315,6 +322,7 @@ class Hub:
         if conn.token_expiry is not None:
             conn.token_expiry.cancel()
         self.connections.discard(conn)
+        self._unwatch(conn)
         self.conns_by_id.pop(conn.conn_id, None)
         if conn.role is Role.DEVICE and conn.device is not None:
             device_id = conn.device.id
@@ -679,48 +687,95 @@ class Hub:
             ),
         )
 
-    async def _fan_out_device(self, device_id: str, *, publish: bool = True) -> None:
+    async def _fan_out_device(
+        self, device_id: str, *, publish: bool = True, device: Device | None = None
+    ) -> None:
         """Tell every subscribed console that can see this device how it is now (on
-        every node: the others read the device afresh from the shared store)."""
-        device = await self.store.device(device_id)
-        if device is not None:
-            await self._fan_out(device)
+        every node: the others read the device afresh from the shared store).
+        ``device``: as just read, if the caller has it."""
+        online = self.devices_online.get(device_id)
+        known = device or (online.device if online is not None else None)
+        # Nobody here watches its group: no read, no frame (most devices, most times).
+        if known is None or self._watchers_of(known.group_id):
+            device = device or await self.store.device(device_id)
+            if device is not None:
+                await self._fan_out(device)
         if publish and self.bus.remote:
             await self._bus_call(self.bus.publish_all({"k": "device", "device": device_id}))
 
     async def _fan_out(self, device: Device) -> None:
+        """O(watchers): the index holds, per group, the subscribed consoles in scope."""
+        watchers = self._watchers_of(device.group_id)
+        if not watchers:
+            return
         frame = SIGNALING.encode(DeviceUpdate(device=self._device_info(device)))
-        for conns in self.consoles.values():
-            for conn in conns:
-                tech = conn.technician
-                visible = tech is not None and in_scope(tech.role, tech.groups, device.group_id)
-                if conn.subscribed and visible:
-                    await self._send_encoded(conn, frame)
+        for conn in watchers:
+            await self._send_encoded(conn, frame)
+
+    def _watchers_of(self, group_id: str) -> list[Connection]:
+        return [*self._watch_all, *self._watchers.get(group_id, ())]
+
+    def _watch(self, conn: Connection) -> None:
+        """(Re-)index a subscribed console under the groups its technician sees."""
+        self._unwatch(conn)
+        tech = conn.technician
+        if tech is None or not conn.subscribed:
+            return
+        if tech.role in UNSCOPED_ROLES:
+            self._watch_all.add(conn)
+            self._watch_keys[conn] = ()
+            return
+        keys = tuple(tech.groups)
+        for group_id in keys:
+            self._watchers.setdefault(group_id, set()).add(conn)
+        self._watch_keys[conn] = keys
+
+    def _unwatch(self, conn: Connection) -> None:
+        keys = self._watch_keys.pop(conn, None)
+        if keys is None:
+            return
+        self._watch_all.discard(conn)
+        for group_id in keys:
+            watchers = self._watchers.get(group_id)
+            if watchers is not None:
+                watchers.discard(conn)
+                if not watchers:
+                    del self._watchers[group_id]
 
     async def _on_status_report(self, conn: Connection, msg: StatusReport) -> None:
         assert conn.device is not None
-        await self.store.update_device_report(
-            conn.device.id,
-            service_installed=msg.service_installed,
-            service_enabled=msg.service_enabled,
-            chat_services=msg.chat_services,
-            name=msg.name,
-            model=msg.model,
-            os=msg.os,
-        )
-        device = await self.store.device(conn.device.id)
-        assert device is not None
-        conn.device = device
+        known = conn.device
+        reported = (msg.service_installed, msg.service_enabled, tuple(msg.chat_services))
+        stored = (known.service_installed, known.service_enabled, tuple(known.chat_services))
+        if (reported, msg.name, msg.model, msg.os) == (stored, known.name, known.model, known.os):
+            # What a device reports on every connect, unchanged: no write (a fleet
+            # reconnecting after a restart would wait on the database for nothing);
+            # its last-seen time is written when it leaves.
+            device = known
+        else:
+            await self.store.update_device_report(
+                conn.device.id,
+                service_installed=msg.service_installed,
+                service_enabled=msg.service_enabled,
+                chat_services=msg.chat_services,
+                name=msg.name,
+                model=msg.model,
+                os=msg.os,
+            )
+            fresh = await self.store.device(conn.device.id)
+            assert fresh is not None
+            device = conn.device = fresh
         # A service switched off during a session ends it: the user withdrew consent.
         session = self._session_of_device(device.id)
         if session is not None and not (msg.service_installed and msg.service_enabled):
             await self._end_session(session, CloseReason.SERVICE_DISABLED, Party.SERVER)
         await self.send(conn, Ok(rid=msg.rid))
         await self._send_device_status(device.id)
-        await self._fan_out_device(device.id)
+        await self._fan_out_device(device.id, device=device)
 
     async def _on_subscribe(self, conn: Connection, msg: DevicesSubscribe) -> None:
         conn.subscribed = True
+        self._watch(conn)
         await self._send_snapshot(conn, msg.rid)
 
     async def _send_snapshot(self, conn: Connection, rid: int | None) -> None:
@@ -736,6 +791,7 @@ class Hub:
 
     async def _on_unsubscribe(self, conn: Connection, msg: DevicesUnsubscribe) -> None:
         conn.subscribed = False
+        self._unwatch(conn)
         await self.send(conn, Ok(rid=msg.rid))
 
     # -- sessions -------------------------------------------------------------------
@@ -1329,12 +1385,17 @@ class Hub:
                 ),
             )
         deliver = _deliver_message(row)
-        for device_id in targets:
+        frame = SIGNALING.encode(deliver)  # once for every device of the group
+        for count, device_id in enumerate(targets, 1):
             device_conn = self.devices_online.get(device_id)
             if device_conn is not None:
-                await self.send(device_conn, deliver)
+                await self._send_encoded(device_conn, frame)
             elif device_id in self.remote_devices:
                 await self._to_remote_device(device_id, deliver)
+            if count % NOTIFY_BATCH == 0:
+                # A group of thousands must not hold the loop: other connections'
+                # frames (and their heartbeats) go on between batches.
+                await asyncio.sleep(0)
 
     async def _authorize_target(
         self, conn: Connection, msg: NotifySend, group_id: str, target: str
@@ -1459,6 +1520,7 @@ class Hub:
         for conn in conns:
             before = conn.technician
             conn.technician, conn.role = tech, tech.role
+            self._watch(conn)  # a new role or new groups: indexed anew
             scope_changed = before is None or (before.role, before.groups) != (
                 tech.role,
                 tech.groups,

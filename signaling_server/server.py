@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from signaling_server import tls
+from signaling_server import limits, tls
 from signaling_server.app import make_app
 from signaling_server.config import ServerConfig
 from signaling_server.discovery import Advertiser
@@ -36,6 +36,9 @@ class RunningServer:
     async def start(self) -> RunningServer:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        # Every connection is a file and a TLS state: see signaling_server/limits.py.
+        limits.raise_open_files_to_hard()
+        limits.share_tls_read_buffer()
         identity, created = tls.load_or_create(
             config.data_dir, cert_path=config.cert_path, key_path=config.key_path
         )

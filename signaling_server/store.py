@@ -30,6 +30,7 @@ from sqlalchemy import (
     String,
     Text,
     delete,
+    event,
     func,
     inspect,
     select,
@@ -340,6 +341,17 @@ def _add_relay_only_column(conn: Connection) -> None:
         )
 
 
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL: readers do not wait for the writer. synchronous=NORMAL: a commit is no
+    fsync (the log is synced at checkpoints); a power cut may lose the last commits,
+    never the database. With an fsync per commit, the status report every device
+    sends when it connects held one server at ~70 connects/s (bench/load)."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -348,6 +360,8 @@ class Store:
     @classmethod
     async def open(cls, url: str) -> Store:
         engine = create_async_engine(url)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         store = cls(engine)
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)

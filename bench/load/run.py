@@ -1,0 +1,503 @@
+"""The load tester's orchestrator: one server process, device and console workers in
+processes of their own, the figures of issue 7 beside their targets.
+
+Steps (one server process, ``livesupport server``, SQLite, under ``build/bench/load``):
+
+1. the fleet in the store, in bulk: N devices with real Ed25519 keys in three groups
+   (a group of up to 10,000 to notify, a small watched group whose devices the
+   consoles see, the rest), technicians and their bearer tokens;
+2. K device workers connect their share of the fleet (each over its own source
+   address 127.0.0.x); the connect rate, and the server's RSS before and after,
+   divided by N;
+3. M consoles subscribe; probe devices of the watched group report a new name one
+   after another; each probe's latency is from its send (device process) to its
+   arrival at each console (console process), p50 and p99 over all;
+4. a notification to the big group, from a console: the time until the last online
+   device of the group received it;
+5. the server killed (SIGKILL) and started again on the same port: the time from its
+   ready file until every device authenticated again;
+6. the devices leave: the server's RSS against its RSS at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import multiprocessing
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection as Pipe
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives import serialization
+
+from bench.faults._restartable import (
+    PASSWORD,
+    ServerProcess,
+    bulk_devices,
+    open_store,
+    raise_open_files_limit,
+)
+from bench.load.clients import console_process, device_process
+from peer.signaling import pinned, ws_url
+from protocol.codec import Sender
+from protocol.enums import Role
+from protocol.messages import (
+    SIGNALING,
+    AuthChallenge,
+    AuthOk,
+    AuthTechnician,
+    NotifySend,
+    NotifySent,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "build" / "bench" / "load.json"
+
+#: Issue 7's targets.
+TARGET_CONNECTIONS = 18_000
+TARGET_KIB_PER_CONNECTION = 16.0
+TARGET_MEMORY_BACK = 0.10
+TARGET_RECONNECT_S = 10.0
+TARGET_PROPAGATION_P99_MS = 10.0
+TARGET_NOTIFY_S = 5.0
+NOTIFY_GROUP = 10_000
+WATCHED = 100
+#: Deadlines (not targets): how long a step may take before the run gives up.
+CONNECT_DEADLINE_S = 600.0
+RECONNECT_DEADLINE_S = 300.0
+
+
+@dataclass
+class WorkerHandle:
+    process: multiprocessing.process.BaseProcess
+    pipe: Pipe
+    name: str
+
+    async def ask(self, command: str, timeout_s: float = 900.0, **args: Any) -> Any:
+        self.pipe.send((command, args))
+        loop = asyncio.get_running_loop()
+        ready = await loop.run_in_executor(None, self.pipe.poll, timeout_s)
+        if not ready:
+            raise TimeoutError(f"{self.name}: no answer to {command!r}")
+        answer = self.pipe.recv()
+        if isinstance(answer, dict) and "failed" in answer:
+            raise RuntimeError(f"{self.name}: {command} failed: {answer['failed']}")
+        return answer
+
+
+@dataclass
+class Run:
+    devices: int
+    device_processes: int
+    consoles: int
+    probes: int
+    folder: Path
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+async def health(server: ServerProcess) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=pinned(server.fingerprint))
+        ) as http,
+        http.get(f"{server.url}/api/v1/health") as response,
+    ):
+        body: dict[str, Any] = await response.json()
+        return body
+
+
+async def wait_health(server: ServerProcess, test: Any, deadline_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        state = await health(server)
+        if test(state) or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.2)
+
+
+async def make_fleet(run: Run, server: ServerProcess) -> dict[str, Any]:
+    store = await open_store(server)
+    try:
+        notify_n = min(NOTIFY_GROUP, max(1, run.devices * NOTIFY_GROUP // TARGET_CONNECTIONS))
+        watched_n = min(WATCHED, max(1, run.devices // 10))
+        rest_n = run.devices - notify_n - watched_n
+        notify = await store.create_group("Notified")
+        watched = await store.create_group("Watched")
+        rest = await store.create_group("Rest")
+        await store.create_technician(
+            "watcher", PASSWORD, display_name="Watcher", role=Role.TECHNICIAN, groups=[watched.id]
+        )
+        await store.create_technician(
+            "notifier", PASSWORD, display_name="Notifier", role=Role.TECHNICIAN, groups=[notify.id]
+        )
+        tokens = [
+            (await store.login("watcher", PASSWORD, ttl_s=24 * 3600))[0]
+            for _ in range(run.consoles)
+        ]
+        notifier_token, _ = await store.login("notifier", PASSWORD, ttl_s=24 * 3600)
+    finally:
+        await store.close()
+    fleet: list[tuple[str, bytes, str, str]] = []
+    for group, n in ((notify, notify_n), (watched, watched_n), (rest, rest_n)):
+        if n <= 0:
+            continue
+        for device_id, key in await bulk_devices(server, group, n):
+            raw = key.private_bytes(
+                serialization.Encoding.Raw,
+                serialization.PrivateFormat.Raw,
+                serialization.NoEncryption(),
+            )
+            fleet.append((device_id, raw, f"{group.name} {len(fleet)}", group.id))
+    return {
+        "fleet": fleet,
+        "notify_group": notify.id,
+        "notify_n": notify_n,
+        "watched": [d for d, _, _, g in fleet if g == watched.id],
+        "tokens": tokens,
+        "notifier_token": notifier_token,
+    }
+
+
+def spawn(target: Any, name: str, *args: Any) -> WorkerHandle:
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=target, args=(theirs, *args), name=name, daemon=True)
+    process.start()
+    return WorkerHandle(process, ours, name)
+
+
+async def notifier_console(
+    server: ServerProcess, token: str
+) -> tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]:
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=pinned(server.fingerprint)))
+    ws = await http.ws_connect(ws_url(server.url), compress=0)
+    assert isinstance(
+        SIGNALING.decode(await ws.receive_str(timeout=30), Sender.SERVER), AuthChallenge
+    )
+    await ws.send_str(SIGNALING.encode(AuthTechnician(token=token, rid=1)))
+    assert isinstance(SIGNALING.decode(await ws.receive_str(timeout=30), Sender.SERVER), AuthOk)
+    return http, ws
+
+
+async def measure(run: Run) -> dict[str, Any]:
+    raise_open_files_limit(20_000)
+    run.folder.mkdir(parents=True, exist_ok=True)
+    data = run.folder / "server"
+    if data.exists():
+        import shutil
+
+        shutil.rmtree(data)
+    (run.folder / "server.log").unlink(missing_ok=True)
+    server = ServerProcess(data, grace_s=60.0, log=run.folder / "server.log")
+    setup = await make_fleet(run, server)
+    fleet = setup["fleet"]
+    r = run.results
+    r.update(devices=run.devices, device_processes=run.device_processes, consoles=run.consoles)
+    await server.start()
+    assert server.process is not None
+    workers: list[WorkerHandle] = []
+    consoles: list[WorkerHandle] = []
+    owner: dict[str, WorkerHandle] = {}
+    try:
+        await wait_health(server, lambda s: True, 5)  # the first request warms the server
+        rss_start = rss_kib(server.process.pid)
+        r["server_rss_start_kib"] = rss_start
+        share = math.ceil(len(fleet) / run.device_processes)
+        for k in range(run.device_processes):
+            part = fleet[k * share : (k + 1) * share]
+            handle = spawn(
+                device_process,
+                f"devices-{k}",
+                server.url,
+                server.fingerprint,
+                f"127.0.0.{k + 2}",
+                [(d, raw, name) for d, raw, name, _ in part],
+            )
+            workers.append(handle)
+            for d, *_ in part:
+                owner[d] = handle
+
+        # -- 2. connect -----------------------------------------------------------
+        started = time.monotonic()
+        await asyncio.gather(*(w.ask("start") for w in workers))
+        online = await asyncio.gather(
+            *(w.ask("online", after=started, deadline_s=CONNECT_DEADLINE_S) for w in workers)
+        )
+        times = [t for o in online for t in o["times"]]
+        connected = len(times)
+        r["connected"] = connected
+        r["connect_s"] = round(max(times) - started, 2) if times else None
+        r["connect_rate_per_s"] = round(connected / (max(times) - started), 1) if times else 0
+        state = await wait_health(server, lambda s: s["devices_online"] >= connected, 30)
+        r["held_by_server"] = state["devices_online"]
+        r["open_files"] = state.get("open_files")
+        r["open_files_limit"] = state.get("open_files_limit")
+        r["open_files_near_cap"] = state.get("open_files_near_cap")
+        rss_full = rss_kib(server.process.pid)
+        r["server_rss_full_kib"] = rss_full
+        r["kib_per_connection"] = round((rss_full - rss_start) / max(1, connected), 2)
+
+        # -- 3. status propagation to consoles --------------------------------------
+        console_processes = max(1, min(2, run.consoles))
+        per = math.ceil(run.consoles / console_processes)
+        for k in range(console_processes):
+            tokens = setup["tokens"][k * per : (k + 1) * per]
+            if tokens:
+                consoles.append(
+                    spawn(
+                        console_process,
+                        f"consoles-{k}",
+                        server.url,
+                        server.fingerprint,
+                        f"127.0.1.{k + 2}",
+                        tokens,
+                    )
+                )
+        await asyncio.gather(*(c.ask("start") for c in consoles))
+        watched = setup["watched"]
+        sent: dict[int, float] = {}
+        for seq in range(run.probes):
+            device_id = watched[seq % len(watched)]
+            sent[seq] = await owner[device_id].ask("probe", device_id=device_id, seq=seq)
+            await asyncio.sleep(0.05)  # one probe at a time: latency, not throughput
+        heard: dict[int, list[float]] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            heard = {}
+            for c in consoles:
+                for seq, arrivals in (await c.ask("heard")).items():
+                    heard.setdefault(int(seq), []).extend(arrivals)
+            if sum(len(v) for v in heard.values()) >= run.probes * run.consoles:
+                break
+            await asyncio.sleep(0.2)
+        latencies = [(t - sent[seq]) * 1000 for seq, ts in heard.items() for t in ts]
+        r["probes"] = run.probes
+        r["probe_arrivals"] = len(latencies)
+        r["probe_arrivals_expected"] = run.probes * run.consoles
+        r["propagation_p50_ms"] = round(statistics.median(latencies), 2) if latencies else None
+        r["propagation_p99_ms"] = round(percentile(latencies, 0.99), 2) if latencies else None
+        await asyncio.gather(*(c.ask("close") for c in consoles))
+
+        # -- 4. notification to a big group --------------------------------------
+        http, ws = await notifier_console(server, setup["notifier_token"])
+        try:
+            sent_at = time.monotonic()
+            await ws.send_str(
+                SIGNALING.encode(
+                    NotifySend(
+                        group_id=setup["notify_group"], title="Load test", body="Hello", rid=5
+                    )
+                )
+            )
+            while True:
+                reply = SIGNALING.decode(await ws.receive_str(timeout=60), Sender.SERVER)
+                if isinstance(reply, NotifySent):
+                    notification_id = reply.notification_id
+                    break
+                if reply.TYPE == "error":
+                    raise RuntimeError(f"notify refused: {reply}")
+            deadline = time.monotonic() + 60
+            while True:
+                got = await asyncio.gather(
+                    *(w.ask("notified", notification_id=notification_id) for w in workers)
+                )
+                received = sum(g["received"] for g in got)
+                if received >= setup["notify_n"] or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            r["notify_group"] = setup["notify_n"]
+            r["notify_received"] = received
+            r["notify_s"] = round(max(g["last"] for g in got) - sent_at, 3) if received else None
+        finally:
+            await ws.close()
+            await http.close()
+
+        # -- 5. restart and reconnect --------------------------------------------
+        killed_at = await server.kill()
+        ready_at = await server.start()
+        assert server.process is not None
+        # Read at once: the devices are already on their way back.
+        rss_restart = rss_kib(server.process.pid)
+        r["server_rss_restart_kib"] = rss_restart
+        back = await asyncio.gather(
+            *(w.ask("online", after=killed_at, deadline_s=RECONNECT_DEADLINE_S) for w in workers)
+        )
+        back_times = [t for b in back for t in b["times"]]
+        r["reconnected"] = len(back_times)
+        r["reconnect_s"] = round(max(back_times) - ready_at, 2) if back_times else None
+        r["reconnect_p50_s"] = (
+            round(statistics.median(back_times) - ready_at, 2) if back_times else None
+        )
+        r["restart_s"] = round(ready_at - killed_at, 2)
+
+        # -- 6. the devices leave ------------------------------------------------
+        closed = await asyncio.gather(*(w.ask("close") for w in workers))
+        failures = [f for c in closed for f in c["failures"]]
+        # The kill drops every link and refuses attempts until the new server
+        # listens: those are the fault itself; any other failure is an error.
+        restart = [f for f in failures if killed_at <= f[0] <= ready_at]
+        r["links_lost_to_the_restart"] = len(restart)
+        r["client_errors"] = len(failures) - len(restart)
+        r["client_error_kinds"] = dict(
+            Counter(kind for at, kind in failures if not killed_at <= at <= ready_at)
+        )
+        r["client_error_examples"] = [e for c in closed for e in c["examples"]][:5]
+        await wait_health(server, lambda s: s["connections"] == 0, 60)
+        rss_left = rss_kib(server.process.pid)
+        r["server_rss_left_kib"] = rss_left
+        # Against the restarted process at its start: the devices that came back
+        # and left must not leave their memory behind.
+        r["memory_back_ratio"] = round((rss_left - rss_restart) / rss_restart, 3)
+    finally:
+        for handle in [*workers, *consoles]:
+            handle.process.join(timeout=5)
+            if handle.process.is_alive():
+                handle.process.kill()
+        await server.stop()
+    log = (run.folder / "server.log").read_text(errors="replace")
+    r["server_errors"] = log.count("Traceback") + log.count(" ERROR ")
+    r["server_warned_open_files"] = "open files at" in log
+    r["machine"] = machine()
+    return r
+
+
+def machine() -> str:
+    import os
+    import platform
+
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    memory = f"{mem_kib // 1024 // 1024 + 1} GiB"
+    return f"{os.cpu_count()} CPU ({model}), {memory}, Python {platform.python_version()}"
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:
+    """(figure, value, target, met) for the table."""
+    n = r["devices"]
+    full = n >= TARGET_CONNECTIONS
+
+    def met(ok: bool) -> bool | None:
+        return ok if full else None  # a smaller run says nothing about a target
+
+    p99 = r.get("propagation_p99_ms")
+    notify_s = r.get("notify_s")
+    reconnect_s = r.get("reconnect_s")
+    errors = r.get("client_errors", 0) + r.get("server_errors", 0)
+    return [
+        (
+            "idle device connections held",
+            r.get("held_by_server"),
+            f">= {TARGET_CONNECTIONS:,}",
+            met(r.get("held_by_server", 0) >= TARGET_CONNECTIONS),
+        ),
+        (
+            "server memory per connection (KiB)",
+            r.get("kib_per_connection"),
+            f"<= {TARGET_KIB_PER_CONNECTION:g}",
+            met(r.get("kib_per_connection", 1e9) <= TARGET_KIB_PER_CONNECTION),
+        ),
+        (
+            "memory after they left, vs start",
+            f"{100 * r.get('memory_back_ratio', 0):+.1f} %",
+            f"within {100 * TARGET_MEMORY_BACK:g} %",
+            met(abs(r.get("memory_back_ratio", 1)) <= TARGET_MEMORY_BACK),
+        ),
+        ("connect rate (devices/s)", r.get("connect_rate_per_s"), "(reported)", None),
+        (
+            "reconnect of all after a restart (s)",
+            reconnect_s,
+            f"< {TARGET_RECONNECT_S:g}",
+            met(
+                reconnect_s is not None
+                and reconnect_s < TARGET_RECONNECT_S
+                and r.get("reconnected") == n
+            ),
+        ),
+        (
+            f"status to {r['consoles']} consoles, p50 (ms)",
+            r.get("propagation_p50_ms"),
+            "(reported)",
+            None,
+        ),
+        (
+            f"status to {r['consoles']} consoles, p99 (ms)",
+            p99,
+            f"<= {TARGET_PROPAGATION_P99_MS:g}",
+            met(p99 is not None and p99 <= TARGET_PROPAGATION_P99_MS),
+        ),
+        (
+            f"notification to a group of {r.get('notify_group', 0):,} (s)",
+            notify_s,
+            f"< {TARGET_NOTIFY_S:g}",
+            met(
+                notify_s is not None
+                and notify_s < TARGET_NOTIFY_S
+                and r.get("notify_received") == r.get("notify_group")
+            ),
+        ),
+        ("errors (clients + server log)", errors, "0", errors == 0),
+    ]
+
+
+def table(r: dict[str, Any]) -> str:
+    lines = [f"{'figure':<44} {'measured':>12}  {'target':<14} ok", "-" * 78]
+    for name, value, target, ok in rows(r):
+        verdict = "-" if ok is None else ("yes" if ok else "NO")
+        lines.append(f"{name:<44} {value!s:>12}  {target:<14} {verdict}")
+    lines.append(f"machine: {r.get('machine')}")
+    if r["devices"] < TARGET_CONNECTIONS:
+        lines.append(
+            f"({r['devices']:,} devices: a smaller run; "
+            f"targets are judged at {TARGET_CONNECTIONS:,})"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__)
+    parser.add_argument("--devices", type=int, default=TARGET_CONNECTIONS)
+    parser.add_argument("--processes", type=int, default=4, help="device worker processes")
+    parser.add_argument("--consoles", type=int, default=50)
+    parser.add_argument("--probes", type=int, default=200, help="status changes timed")
+    parser.add_argument("--folder", type=Path, default=ROOT / "build" / "bench" / "load")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    run = Run(args.devices, args.processes, args.consoles, args.probes, args.folder)
+    results = asyncio.run(measure(run))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(table(results))
+    print(f"JSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

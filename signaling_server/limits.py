@@ -1,0 +1,198 @@
+"""What one server process needs to hold tens of thousands of idle connections.
+
+* **One TLS read buffer per process.** asyncio's TLS protocol gives every connection
+  its own 256 KiB read buffer (``SSLProtocol.max_size``), filled with zeros, so
+  resident: 18,000 idle devices would cost 4.5 GiB for buffers that only ever hold
+  bytes between one ``recv`` and the decryption that follows it on the same call
+  stack (``get_buffer`` then ``buffer_updated``, no await between them). One buffer
+  shared by every connection of the loop is therefore enough.
+* **Open files.** Every connection is a file descriptor. The server raises its soft
+  limit to the hard one at start, warns in its log (and in ``/api/v1/health``) when
+  it holds 90 % of it, and refuses new websockets (503) a little before the cap,
+  while it can still answer, instead of meeting ``EMFILE`` in ``accept``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import resource
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+_shared = bytearray(256 * 1024)
+_shared_view = memoryview(_shared)
+
+
+def share_tls_read_buffer() -> None:
+    """Make every asyncio TLS connection of this process read into one buffer.
+
+    Idempotent. Patches ``asyncio.sslproto.SSLProtocol`` (CPython 3.11+'s
+    implementation, the one with ``get_buffer``)."""
+    from asyncio import sslproto
+
+    cls: Any = sslproto.SSLProtocol
+    if getattr(cls, "_livesupport_shared_buffer", False):
+        return
+    original_init = cls.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        # The original allocates ``bytearray(self.max_size)``: make that empty.
+        self.max_size = 0
+        try:
+            original_init(self, *args, **kwargs)
+        finally:
+            del self.max_size
+        self._ssl_buffer = _shared
+        self._ssl_buffer_view = _shared_view
+
+    cls.max_size = len(_shared)
+    cls.__init__ = __init__
+    cls._livesupport_shared_buffer = True
+
+
+def raise_open_files_to_hard() -> tuple[int, int]:
+    """Soft limit of open files up to the hard limit; returns (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft, hard
+
+
+#: Connections gone since the last trim that make a trim worth its few milliseconds.
+TRIM_AFTER_LEAVING = 1000
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim).
+
+    Thousands of connections leave thousands of freed TLS states and buffers in the
+    C heap (and in the arenas of the database threads); glibc keeps that memory
+    mapped, so a server a fleet has left would keep its size at the fleet's peak."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to do
+        return
+    libc.malloc_trim(0)
+
+
+def count_open_files() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux: no cheap count; the socket count stands alone
+        return 0
+
+
+@dataclass
+class OpenFilesGuard:
+    """Tracks how near the process is to its open-files limit.
+
+    The exact count (``/proc/self/fd``) is read every ``SAMPLE_S`` seconds by one
+    task; between samples, each admission adds the websockets opened since, so the
+    check per connection costs no system call."""
+
+    limit: int
+    warn_ratio: float = 0.9
+    #: Descriptors kept free for the database, logs and REST requests.
+    reserve: int = 200
+    other_files: int = 0
+    websockets: int = 0
+    #: The most websockets held since the heap was last trimmed.
+    peak: int = 0
+    warned: bool = False
+
+    SAMPLE_S = 5.0
+
+    @classmethod
+    def for_this_process(cls) -> OpenFilesGuard:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        limit = soft if soft != resource.RLIM_INFINITY else 1 << 20
+        return cls(limit=limit, other_files=count_open_files())
+
+    @property
+    def open_files(self) -> int:
+        return self.other_files + self.websockets
+
+    @property
+    def warn_at(self) -> int:
+        return int(self.limit * self.warn_ratio)
+
+    @property
+    def refuse_at(self) -> int:
+        return self.limit - self.reserve
+
+    @property
+    def near_cap(self) -> bool:
+        return self.open_files >= self.warn_at
+
+    def admit(self) -> bool:
+        """Called for every new websocket; False: refuse it (near the cap)."""
+        if self.open_files + 1 >= self.refuse_at:
+            return False
+        self.websockets += 1
+        self.peak = max(self.peak, self.websockets)
+        self._check()
+        return True
+
+    def release(self) -> None:
+        self.websockets -= 1
+        if self.warned and self.open_files < int(self.limit * (self.warn_ratio - 0.05)):
+            self.warned = False
+            log.warning(
+                "open files back to %d of %d: below the warning level", self.open_files, self.limit
+            )
+
+    def sample(self) -> None:
+        counted = count_open_files()
+        if counted:
+            self.other_files = max(0, counted - self.websockets)
+        self._check()
+
+    def _check(self) -> None:
+        if self.near_cap and not self.warned:
+            self.warned = True
+            log.warning(
+                "open files at %d of the limit %d (%d %%): new connections are refused "
+                "from %d on; raise the limit (ulimit -n, LimitNOFILE) or add a node",
+                self.open_files,
+                self.limit,
+                100 * self.open_files // self.limit,
+                self.refuse_at,
+            )
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "open_files": self.open_files,
+            "open_files_limit": self.limit,
+            "open_files_near_cap": self.near_cap,
+        }
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.SAMPLE_S)
+            self.sample()
+            if self.peak - self.websockets >= TRIM_AFTER_LEAVING:
+                self.peak = self.websockets
+                trim_heap()
+
+
+#: The application's guard (a key of its own: this module, not appkeys, owns it).
+OPEN_FILES = web.AppKey("open_files", OpenFilesGuard)
+
+
+async def watch_open_files(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: one task for the whole process re-counts the open files."""
+    task = asyncio.create_task(app[OPEN_FILES].watch(), name="open-files-watch")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
