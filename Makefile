@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= build/demo
 
-.PHONY: all setup system-libs test lint typecheck imports pytest demo demo-headless bench bench-quick reliability clean
+.PHONY: all setup system-libs test lint typecheck imports pytest demo demo-headless bench bench-quick reliability load clean
 
 all: test
 
@@ -68,6 +68,12 @@ bench: setup
 # the path-loss fault); writes docs/reliability.md and build/bench/reliability.json.
 reliability: setup
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m bench.reliability
+
+# Issue 7's load test: one server process, 18,000 simulated devices and 50 consoles in
+# worker processes (several minutes); `LOAD_ARGS="--devices 2000"` for a smaller run.
+# Prints each figure beside its target; JSON in build/bench/load.json.
+load: setup
+	$(BIN)/python -m bench.load $(LOAD_ARGS)
 
 bench-quick: setup
 	$(BIN)/python -m bench.encoders --quick

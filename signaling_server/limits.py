@@ -132,7 +132,8 @@ class OpenFilesGuard:
 
     @property
     def near_cap(self) -> bool:
-        return self.open_files >= self.warn_at
+        """At the warning level, or refusing (a small limit has a small reserve left)."""
+        return self.open_files >= self.warn_at or self.open_files + 1 >= self.refuse_at
 
     def admit(self) -> bool:
         """Called for every new websocket; False: refuse it (near the cap)."""

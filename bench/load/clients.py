@@ -52,7 +52,7 @@ from signaling_server import limits
 
 #: Handshakes one worker has in flight at once: enough to keep the server busy,
 #: few enough that a worker's own loop does not delay the answers it times.
-CONNECTS_IN_FLIGHT = 64
+CONNECTS_IN_FLIGHT = 16
 PROBE_PREFIX = "probe-"
 
 

@@ -57,6 +57,7 @@ from protocol.messages import (
     NotifySend,
     NotifySent,
 )
+from signaling_server import limits
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "build" / "bench" / "load.json"
@@ -109,6 +110,17 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+async def settled_rss(pid: int, deadline_s: float = 3 * limits.OpenFilesGuard.SAMPLE_S) -> int:
+    """The RSS once it stops falling: the server gives freed memory back on its own
+    next sample (signaling_server/limits.py), within seconds of a fleet leaving."""
+    lowest = rss_kib(pid)
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        lowest = min(lowest, rss_kib(pid))
+    return lowest
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -364,7 +376,7 @@ async def measure(run: Run) -> dict[str, Any]:
         )
         r["client_error_examples"] = [e for c in closed for e in c["examples"]][:5]
         await wait_health(server, lambda s: s["connections"] == 0, 60)
-        rss_left = rss_kib(server.process.pid)
+        rss_left = await settled_rss(server.process.pid)
         r["server_rss_left_kib"] = rss_left
         # Against the restarted process at its start: the devices that came back
         # and left must not leave their memory behind.

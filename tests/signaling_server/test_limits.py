@@ -1,0 +1,93 @@
+"""One process at scale (signaling_server/limits.py): the open-files guard warns near
+the cap, the server refuses new websockets cleanly before it and says so in
+/api/v1/health; every TLS connection of the process reads into one buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+import aiohttp
+import pytest
+
+from peer.signaling import pinned, ws_url
+from signaling_server import limits
+from tests.conftest import Lab
+
+
+def test_the_guard_warns_at_90_percent_and_refuses_before_the_cap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    guard = limits.OpenFilesGuard(limit=1000, reserve=50, other_files=10)
+    with caplog.at_level(logging.WARNING, logger="signaling_server.limits"):
+        admitted = 0
+        while guard.admit():
+            admitted += 1
+    assert admitted == 1000 - 50 - 10 - 1
+    assert guard.near_cap
+    warnings = [r.getMessage() for r in caplog.records if "open files at" in r.getMessage()]
+    assert len(warnings) == 1  # once, not for every connection past the level
+    assert "of the limit 1000" in warnings[0]
+    for _ in range(admitted):
+        guard.release()
+    assert not guard.near_cap
+    assert guard.admit()
+
+
+async def test_the_server_refuses_a_websocket_near_its_cap_and_says_so(lab: Lab) -> None:
+    assert lab.server.app is not None
+    guard = lab.server.app[limits.OPEN_FILES]
+    # As if the process held all but the reserve: the next websocket is one too many.
+    guard.limit = guard.open_files + guard.reserve + 1
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(ws_url(lab.url), ssl=pinned(lab.fingerprint))
+        assert refused.value.status == 503
+        async with http.get(lab.url + "/api/v1/health", ssl=pinned(lab.fingerprint)) as response:
+            health = await response.json()
+    assert health["open_files_near_cap"] is True
+    assert health["open_files_limit"] == guard.limit
+    assert health["open_files"] == guard.open_files
+
+
+async def test_health_counts_open_websockets(lab: Lab) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(ws_url(lab.url), ssl=pinned(lab.fingerprint)) as ws:
+            await ws.receive_str(timeout=10)  # the challenge: the socket is held
+            async with http.get(lab.url + "/api/v1/health", ssl=pinned(lab.fingerprint)) as r:
+                holding = await r.json()
+        assert holding["open_files_near_cap"] is False
+        assert holding["open_files"] >= holding["connections"] >= 1
+
+
+class _Held(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+async def test_tls_connections_share_one_read_buffer(lab: Lab) -> None:
+    """The server started (RunningServer) patched asyncio's TLS protocol for the whole
+    process: these client connections read into the one buffer too."""
+    loop = asyncio.get_running_loop()
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    held: list[tuple[asyncio.BaseTransport, _Held]] = []
+    for _ in range(2):
+        held.append(await loop.create_connection(_Held, "127.0.0.1", lab.server.port, ssl=context))
+    try:
+        # asyncio's own attribute: the TLS protocol under the transport.
+        protocols: list[Any] = [getattr(t, "_ssl_protocol") for t, _ in held]  # noqa: B009
+        buffers = [p._ssl_buffer for p in protocols]
+        assert buffers[0] is buffers[1]  # one buffer, not 256 KiB each
+        assert len(buffers[0]) == 256 * 1024
+    finally:
+        for transport, protocol in held:
+            transport.close()
+            await protocol.lost
