@@ -345,10 +345,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     """WAL: readers do not wait for the writer. synchronous=NORMAL: a commit is no
     fsync (the log is synced at checkpoints); a power cut may lose the last commits,
     never the database. With an fsync per commit, the status report every device
-    sends when it connects held one server at ~70 connects/s (bench/load)."""
+    sends when it connects held one server at ~70 connects/s (bench/load).
+    busy_timeout: a writer waits up to 30 s for another's commit (5 s by default):
+    under a connect storm a loaded loop is slow to commit, and the 5 s ran out."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 

@@ -46,6 +46,7 @@ from protocol.messages import (
     DeviceUpdate,
     NotifyAck,
     NotifyDeliver,
+    Ok,
     StatusReport,
 )
 from signaling_server import limits
@@ -54,6 +55,8 @@ from signaling_server import limits
 #: few enough that a worker's own loop does not delay the answers it times.
 CONNECTS_IN_FLIGHT = 16
 PROBE_PREFIX = "probe-"
+#: The request id of a device's status reports: their ``ok`` says the server is done.
+REPORT_RID = 2
 
 
 @dataclass
@@ -166,7 +169,8 @@ class DeviceWorker(Worker):
             await ws.close()
             raise
         device.ws = ws
-        device.online_at.append(time.monotonic())
+        # Online once the server has answered the status report too: auth.ok alone
+        # would let the figures after the connect overlap the server's backlog.
         await self.report(device, device.name)
         return ws
 
@@ -174,7 +178,9 @@ class DeviceWorker(Worker):
         assert device.ws is not None
         await device.ws.send_str(
             SIGNALING.encode(
-                StatusReport(service_installed=True, service_enabled=True, name=name, rid=2)
+                StatusReport(
+                    service_installed=True, service_enabled=True, name=name, rid=REPORT_RID
+                )
             )
         )
 
@@ -183,7 +189,9 @@ class DeviceWorker(Worker):
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
             message = SIGNALING.decode(msg.data, Sender.SERVER)
-            if isinstance(message, NotifyDeliver):
+            if isinstance(message, Ok) and message.rid == REPORT_RID:
+                device.online_at.append(time.monotonic())
+            elif isinstance(message, NotifyDeliver):
                 device.notified_at.setdefault(message.notification_id, time.monotonic())
                 await ws.send_str(
                     SIGNALING.encode(

@@ -112,14 +112,19 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def settled_rss(pid: int, deadline_s: float = 3 * limits.OpenFilesGuard.SAMPLE_S) -> int:
-    """The RSS once it stops falling: the server gives freed memory back on its own
-    next sample (signaling_server/limits.py), within seconds of a fleet leaving."""
-    lowest = rss_kib(pid)
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
+async def settled_rss(pid: int, deadline_s: float = 120.0) -> int:
+    """The RSS once it stopped falling for three of the server's samples: it gives
+    freed memory back on its own next sample (signaling_server/limits.py), and a
+    fleet that left all at once leaves work behind it (a last-seen write each)."""
+    window = 3 * limits.OpenFilesGuard.SAMPLE_S
+    lowest, since = rss_kib(pid), time.monotonic()
+    deadline = since + deadline_s
+    while time.monotonic() < deadline and time.monotonic() - since < window:
         await asyncio.sleep(0.5)
-        lowest = min(lowest, rss_kib(pid))
+        now = rss_kib(pid)
+        if now < lowest * 0.99:
+            since = time.monotonic()
+        lowest = min(lowest, now)
     return lowest
 
 
