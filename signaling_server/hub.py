@@ -336,7 +336,11 @@ class Hub:
                         )
                     )
                 self._start_grace(device_id=device_id, lost=Party.DEVICE)
-                await self._store_call(self.store.touch_device(device_id))
+                # A hub task, not the websocket handler's: aiohttp may cancel a handler
+                # at shutdown inside the write, leaving its database session to the
+                # garbage collector; shutdown() lets hub tasks finish before the store
+                # closes.
+                self._spawn(self._store_call(self.store.touch_device(device_id)))
                 await self._fan_out_device(device_id)
         elif conn.technician is not None:
             tech_id = conn.technician.id

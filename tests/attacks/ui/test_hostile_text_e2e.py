@@ -21,7 +21,7 @@ from pytestqt.qtbot import QtBot
 from device_agent.agent_model import AgentModel
 from device_agent.ui.agent_window import AgentUi
 from peer.ui.text import NAME_LIMIT
-from protocol.enums import Mode, NotificationState
+from protocol.enums import Mode, NotificationState, SessionState
 from protocol.messages import DevicesSnapshot, DevicesSubscribe
 from tech_console.ui.inventory import InventoryModel
 from tech_console.ui.notifications import ProgressModel
@@ -66,7 +66,7 @@ async def test_the_device_shows_a_hostile_technician_name_and_reason_as_plain_te
     pair = agent.pair
     await lab.store.update_technician(lab.tech.id, display_name=f"{MARKUP} {SPOOF}")
     reason = f"Ticket <a href='https://evil.example'>#1</a> {SPOOF}"
-    await pair.console.start_session(pair.device_id, Mode.TEXT, reason)
+    session = await pair.console.start_session(pair.device_id, Mode.TEXT, reason)
     await until(lambda: agent.ui.prompt is not None and agent.ui.prompt.isVisible())
     prompt = agent.ui.prompt
     assert prompt is not None
@@ -82,6 +82,10 @@ async def test_the_device_shows_a_hostile_technician_name_and_reason_as_plain_te
     reject = prompt.reject_button
     assert isinstance(reject, QPushButton)
     QTest.mouseClick(reject, Qt.MouseButton.LeftButton)
+    # The session process started at the invite winds down with the rejection: the
+    # test ends once it has, not in the middle (its reader task was left cancelling).
+    await pair.console.wait_session(session, [SessionState.REJECTED])
+    await until(lambda: all(host.exited.is_set() for host in pair.agent.hosts), 20)
 
 
 async def test_a_hostile_notification_and_its_hostile_answer(agent: Agent, qtbot: QtBot) -> None:
