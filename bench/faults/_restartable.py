@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -43,8 +44,13 @@ class ServerProcess:
         grace_s: float = 60.0,
         invite_timeout_s: float = 30.0,
         log: Path | None = None,
+        extra_args: Sequence[str] = (),
+        name: str = "the server",
     ) -> None:
         self.data = data
+        #: More ``livesupport server`` options (a node's --db, --redis, --cert ...).
+        self.extra_args = list(extra_args)
+        self.name = name
         self.grace_s = grace_s
         self.invite_timeout_s = invite_timeout_s
         self.log = log
@@ -87,6 +93,8 @@ class ServerProcess:
             str(self.invite_timeout_s),
             "--ready-file",
             str(self.ready_file),
+            "--no-advertise",  # clients know the address; zeroconf is tested on its own
+            *self.extra_args,
         ]
         self.process = await asyncio.create_subprocess_exec(
             *command,
@@ -96,9 +104,9 @@ class ServerProcess:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not self.ready_file.exists():
             if self.process.returncode is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
             if time.monotonic() > deadline:
-                raise RuntimeError("the server was not ready in time")
+                raise RuntimeError(f"{self.name} was not ready in time")
             await asyncio.sleep(0.01)
         ready_at = time.monotonic()
         info: dict[str, Any] = json.loads(self.ready_file.read_text())

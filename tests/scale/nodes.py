@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import IO, Any
 
-READY_TIMEOUT_S = 60.0
+from bench.faults._restartable import ServerProcess
 
 
-class NodeProcess:
+class NodeProcess(ServerProcess):
+    """One node: ``livesupport server`` on the shared PostgreSQL and Redis, with the
+    certificate and key every node shares, its log in its data folder."""
+
     def __init__(
         self,
         name: str,
@@ -31,70 +28,15 @@ class NodeProcess:
         grace_s: float = 30.0,
         bus_refresh_s: float = 0.5,
     ) -> None:
-        self.name, self.data = name, data
-        self.db_url, self.redis_url = db_url, redis_url
-        self.cert, self.key = cert, key
-        self.grace_s, self.bus_refresh_s = grace_s, bus_refresh_s
-        self.port = 0
-        self.url = ""
-        self.fingerprint = ""
-        self.process: asyncio.subprocess.Process | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def ready_file(self) -> Path:
-        return self.data / "ready.json"
-
-    async def start(self) -> None:
-        self.data.mkdir(parents=True, exist_ok=True)
-        self.ready_file.unlink(missing_ok=True)
-        if self._log is None:
-            self._log = (self.data / "server.log").open("ab")
-        command = [
-            sys.executable, "-m", "peer.cli", "server",
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--data", str(self.data),
-            "--db", self.db_url, "--redis", self.redis_url,
-            "--bus-refresh", str(self.bus_refresh_s),
-            "--cert", str(self.cert), "--key", str(self.key),
-            "--grace", str(self.grace_s),
-            "--no-advertise",
-            "--ready-file", str(self.ready_file),
+        options = [
+            "--db", db_url, "--redis", redis_url,
+            "--bus-refresh", str(bus_refresh_s),
+            "--cert", str(cert), "--key", str(key),
         ]  # fmt: skip
-        self.process = await asyncio.create_subprocess_exec(
-            *command, stdout=self._log, stderr=subprocess.STDOUT
+        super().__init__(
+            data, grace_s=grace_s, log=data / "server.log", name=f"node {name}", extra_args=options
         )
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not self.ready_file.exists():
-            if self.process.returncode is not None:
-                raise RuntimeError(f"node {self.name} exited with {self.process.returncode}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"node {self.name} was not ready in time")
-            await asyncio.sleep(0.02)
-        info: dict[str, Any] = json.loads(self.ready_file.read_text())
-        self.port, self.url, self.fingerprint = int(info["port"]), info["url"], info["fingerprint"]
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        await self.process.wait()
-
-    async def stop(self) -> None:
-        process = self.process
-        if process is not None and process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.returncode is None
+        self.db_url = db_url
 
 
 class LoadBalancer:
