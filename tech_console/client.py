@@ -145,6 +145,8 @@ class ConsoleClient:
         #: The signaling link's state (online, reconnecting...), for the status bar.
         self.link_listeners: Listeners[LinkState] = Listeners()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Calls being closed (see _end_call): close() waits for them.
+        self._closing_calls: set[asyncio.Future[None]] = set()
         #: Parts and updates of a notification that arrived before notify() returned.
         self._early_parts: dict[str, list[NotifySent | NotifyUpdate]] = {}
         self._backoff = backoff
@@ -183,9 +185,11 @@ class ConsoleClient:
 
     async def close(self) -> None:
         for session in list(self.sessions.values()):
-            if session.call is not None:
-                await session.call.close()
-                session.call = None
+            await self._end_call(session)
+        # Closes started by a handler of the link (a hang-up, a closed session) finish
+        # before the link goes: cancelled half-way, aiortc leaves a socket open (a TURN
+        # allocation's, for one).
+        await asyncio.gather(*self._closing_calls, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         self.media_devices.close()
@@ -228,9 +232,7 @@ class ConsoleClient:
                 raise
             log.info("session %s ended while the console was away", session.session_id)
             session.state = SessionState.CLOSED
-            if session.call is not None:
-                call, session.call = session.call, None
-                await call.close()
+            await self._end_call(session)
             session.touch()
             self.session_listeners.fire(session)
             return
@@ -284,8 +286,7 @@ class ConsoleClient:
         elif isinstance(message, CallHangup):
             session = self.sessions.get(message.session_id)
             if session is not None and session.call is not None:
-                call, session.call = session.call, None
-                await call.close()
+                await self._end_call(session)
                 session.touch()
         elif isinstance(message, NotifyUpdate):
             progress = self.notifications.get(message.notification_id)
@@ -337,11 +338,22 @@ class ConsoleClient:
             # Accepted (or resumed): the technician's side offers.
             session.call = self._new_call(session)
             self._spawn(session.call.start())
-        if update.state in FINAL and session.call is not None:
-            call, session.call = session.call, None
-            await call.close()
+        if update.state in FINAL:
+            await self._end_call(session)
         session.touch()
         self.session_listeners.fire(session)
+
+    async def _end_call(self, session: ConsoleSession) -> None:
+        """Take the session's call off it and close it. The close runs shielded: the
+        handler awaiting it may be cancelled (the link closing) and the close still
+        completes, and close() waits for it."""
+        call, session.call = session.call, None
+        if call is None:
+            return
+        closing = asyncio.ensure_future(call.close())
+        self._closing_calls.add(closing)
+        closing.add_done_callback(self._closing_calls.discard)
+        await asyncio.shield(closing)
 
     def _new_call(self, session: ConsoleSession, predecessor: PeerCall | None = None) -> PeerCall:
         media = None
@@ -475,10 +487,7 @@ class ConsoleClient:
         return await asyncio.wait_for(wait(), timeout_s)
 
     async def hang_up(self, session_id: str) -> None:
-        session = self.sessions[session_id]
-        if session.call is not None:
-            call, session.call = session.call, None
-            await call.close()
+        await self._end_call(self.sessions[session_id])
         await self.link.request(CallHangup(session_id=session_id))
 
     async def close_session(self, session_id: str) -> None:
