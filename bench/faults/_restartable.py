@@ -69,6 +69,11 @@ class ServerProcess:
     def config(self) -> ServerConfig:
         return ServerConfig(data_dir=self.data)
 
+    @property
+    def database_url(self) -> str:
+        """The store the server uses (a node's is the shared PostgreSQL)."""
+        return self.config.database_url
+
     async def start(self) -> float:
         """Start the server and wait until it listens; returns when it did
         (``time.monotonic()``)."""
@@ -151,7 +156,7 @@ class Fleet:
 async def open_store(server: ServerProcess) -> Store:
     """The server's own store, opened beside it (as the admin CLI does)."""
     server.data.mkdir(parents=True, exist_ok=True)
-    return await Store.open(server.config.database_url)
+    return await Store.open(server.database_url)
 
 
 async def make_fleet(server: ServerProcess, username: str = "tech") -> Fleet:

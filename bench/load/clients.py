@@ -42,6 +42,7 @@ from protocol.messages import (
     AuthDevice,
     AuthOk,
     AuthTechnician,
+    DevicesSnapshot,
     DevicesSubscribe,
     DeviceUpdate,
     NotifyAck,
@@ -267,9 +268,19 @@ class ConsoleWorker(Worker):
             if not isinstance(reply, AuthOk):
                 raise RuntimeError(f"console refused: {reply}")
             await ws.send_str(SIGNALING.encode(DevicesSubscribe(rid=2)))
+            await self._snapshot(ws)
             self.sockets.append(ws)
             self.readers.append(asyncio.create_task(self._read(ws)))
         return len(self.sockets)
+
+    @staticmethod
+    async def _snapshot(ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Wait for the subscription's snapshot: the server watches for this console
+        from then on, so a probe sent after ``start`` answered cannot be missed."""
+        while True:
+            message = SIGNALING.decode(await ws.receive_str(timeout=60), Sender.SERVER)
+            if isinstance(message, DevicesSnapshot) and message.complete:
+                return
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:

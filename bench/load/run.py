@@ -217,6 +217,35 @@ async def notifier_console(
     return http, ws
 
 
+async def time_probes(
+    owner: dict[str, WorkerHandle],
+    consoles: list[WorkerHandle],
+    watched: list[str],
+    probes: int,
+    console_count: int,
+) -> dict[str, list[float]]:
+    """Probe devices of the watched group report a new name one after another (their
+    worker in ``owner``); the latency of each arrival at each console, in ms, from the
+    probe's send (device process) to its arrival (console process), per console
+    worker."""
+    sent: dict[int, float] = {}
+    for seq in range(probes):
+        device_id = watched[seq % len(watched)]
+        sent[seq] = await owner[device_id].ask("probe", device_id=device_id, seq=seq)
+        await asyncio.sleep(0.05)  # one probe at a time: latency, not throughput
+    heard: dict[str, dict[int, list[float]]] = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        heard = {c.name: await c.ask("heard") for c in consoles}
+        if sum(len(ts) for h in heard.values() for ts in h.values()) >= probes * console_count:
+            break
+        await asyncio.sleep(0.2)
+    return {
+        name: [(t - sent[int(seq)]) * 1000 for seq, ts in h.items() for t in ts]
+        for name, h in heard.items()
+    }
+
+
 async def measure(run: Run) -> dict[str, Any]:
     raise_open_files_limit(20_000)
     run.folder.mkdir(parents=True, exist_ok=True)
@@ -292,23 +321,8 @@ async def measure(run: Run) -> dict[str, Any]:
                     )
                 )
         await asyncio.gather(*(c.ask("start") for c in consoles))
-        watched = setup["watched"]
-        sent: dict[int, float] = {}
-        for seq in range(run.probes):
-            device_id = watched[seq % len(watched)]
-            sent[seq] = await owner[device_id].ask("probe", device_id=device_id, seq=seq)
-            await asyncio.sleep(0.05)  # one probe at a time: latency, not throughput
-        heard: dict[int, list[float]] = {}
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            heard = {}
-            for c in consoles:
-                for seq, arrivals in (await c.ask("heard")).items():
-                    heard.setdefault(int(seq), []).extend(arrivals)
-            if sum(len(v) for v in heard.values()) >= run.probes * run.consoles:
-                break
-            await asyncio.sleep(0.2)
-        latencies = [(t - sent[seq]) * 1000 for seq, ts in heard.items() for t in ts]
+        per_worker = await time_probes(owner, consoles, setup["watched"], run.probes, run.consoles)
+        latencies = [ms for each in per_worker.values() for ms in each]
         r["probes"] = run.probes
         r["probe_arrivals"] = len(latencies)
         r["probe_arrivals_expected"] = run.probes * run.consoles
@@ -481,14 +495,22 @@ def rows(r: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:
             ),
         ),
         ("errors (clients + server log)", errors, "0", errors == 0),
+        *(nodes_rows(r["nodes"]) if "nodes" in r else []),
     ]
 
 
+def nodes_rows(r: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:
+    from bench.load import nodes  # it builds on this module
+
+    errors = r.get("client_errors", 0) + r.get("server_errors", 0)
+    return [*nodes.rows(r), ("errors of the 3 nodes (clients + logs)", errors, "0", errors == 0)]
+
+
 def table(r: dict[str, Any]) -> str:
-    lines = [f"{'figure':<44} {'measured':>12}  {'target':<14} ok", "-" * 78]
+    lines = [f"{'figure':<58} {'measured':>10}  {'target':<24} ok", "-" * 98]
     for name, value, target, ok in rows(r):
         verdict = "-" if ok is None else ("yes" if ok else "NO")
-        lines.append(f"{name:<44} {value!s:>12}  {target:<14} {verdict}")
+        lines.append(f"{name:<58} {value!s:>10}  {target:<24} {verdict}")
     lines.append(f"machine: {r.get('machine')}")
     if r["devices"] < TARGET_CONNECTIONS:
         lines.append(
@@ -506,9 +528,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probes", type=int, default=200, help="status changes timed")
     parser.add_argument("--folder", type=Path, default=ROOT / "build" / "bench" / "load")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--nodes-devices",
+        type=int,
+        default=3_000,
+        help="the three-node step's fleet (bench/load/nodes.py); 0: no three-node step",
+    )
     args = parser.parse_args(argv)
     run = Run(args.devices, args.processes, args.consoles, args.probes, args.folder)
     results = asyncio.run(measure(run))
+    if args.nodes_devices > 0:
+        from bench.load import nodes  # it builds on this module
+
+        three = Run(args.nodes_devices, nodes.NODES, args.consoles, args.probes, args.folder)
+        results["nodes"] = asyncio.run(nodes.measure(three))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(table(results))

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.scale.engines import postgres_cluster, redis_server
+from bench.cluster import postgres_cluster, redis_server
 
 
 @pytest.fixture(scope="session")

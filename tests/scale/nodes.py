@@ -1,5 +1,5 @@
-"""Server nodes as real processes (``livesupport server --db ... --redis ...``) and
-the ordinary load balancer in front of them: a TCP forwarder on loopback that sends
+"""The ordinary load balancer in front of the nodes (bench/cluster.py's NodeProcess,
+``livesupport server --db ... --redis ...``): a TCP forwarder on loopback that sends
 each new connection to the first backend that accepts it (TLS passes through it:
 every node has the same certificate and key, so the pinned fingerprint holds)."""
 
@@ -7,36 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
-
-from bench.faults._restartable import ServerProcess
-
-
-class NodeProcess(ServerProcess):
-    """One node: ``livesupport server`` on the shared PostgreSQL and Redis, with the
-    certificate and key every node shares, its log in its data folder."""
-
-    def __init__(
-        self,
-        name: str,
-        data: Path,
-        *,
-        db_url: str,
-        redis_url: str,
-        cert: Path,
-        key: Path,
-        grace_s: float = 30.0,
-        bus_refresh_s: float = 0.5,
-    ) -> None:
-        options = [
-            "--db", db_url, "--redis", redis_url,
-            "--bus-refresh", str(bus_refresh_s),
-            "--cert", str(cert), "--key", str(key),
-        ]  # fmt: skip
-        super().__init__(
-            data, grace_s=grace_s, log=data / "server.log", name=f"node {name}", extra_args=options
-        )
-        self.db_url = db_url
 
 
 class LoadBalancer:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.cluster import NodeProcess
 from device_agent.agent import DeviceAgent, enrol
 from device_agent.session_host import process_alive
 from device_agent.state import AgentState
@@ -35,7 +36,7 @@ from signaling_server import tls
 from signaling_server.store import Store
 from tech_console.client import ConsoleClient, ConsoleSession
 from tests.integration.harness import FAST, until
-from tests.scale.nodes import LoadBalancer, NodeProcess
+from tests.scale.nodes import LoadBalancer
 
 PASSWORD = "correct horse battery"
 SMALL = ["--fake-media", "--video-size", "320x240"]

@@ -1,9 +1,11 @@
-"""Real redis-server and PostgreSQL for the multi-node tests, each started on a free
-loopback port in a temporary folder and removed afterwards.
+"""Several nodes for real: redis-server and PostgreSQL, each started on a free loopback
+port in a temporary folder and removed afterwards, and server nodes sharing them.
+The multi-node tests (tests/scale/) and the load tester's three-node step
+(bench/load/nodes.py) both use them.
 
-They come from the Debian packages (scripts/ensure_redis_postgres.sh, run by
-``make setup``). Nothing is skipped: an engine that cannot start fails the test that
-needs it, with what it said.
+The engines come from the Debian packages (scripts/ensure_redis_postgres.sh, run by
+``make setup``). Nothing is skipped: an engine that cannot start fails the test or
+benchmark that needs it, with what it said.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from bench.faults._restartable import ServerProcess
 
 START_TIMEOUT_S = 60.0
 
@@ -151,3 +155,34 @@ def postgres_cluster() -> Iterator[str]:
                 check=False,
             )
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class NodeProcess(ServerProcess):
+    """One node: ``livesupport server`` on the shared PostgreSQL and Redis, with the
+    certificate and key every node shares, its log in its data folder."""
+
+    def __init__(
+        self,
+        name: str,
+        data: Path,
+        *,
+        db_url: str,
+        redis_url: str,
+        cert: Path,
+        key: Path,
+        grace_s: float = 30.0,
+        bus_refresh_s: float = 0.5,
+    ) -> None:
+        options = [
+            "--db", db_url, "--redis", redis_url,
+            "--bus-refresh", str(bus_refresh_s),
+            "--cert", str(cert), "--key", str(key),
+        ]  # fmt: skip
+        super().__init__(
+            data, grace_s=grace_s, log=data / "server.log", name=f"node {name}", extra_args=options
+        )
+        self.db_url = db_url
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url
