@@ -40,6 +40,12 @@ ALL = "ls:all"
 PRESENCE = "ls:presence"
 SESSIONS = "ls:sessions"
 NODES = "ls:nodes"
+#: Redis connections a node uses at most. A connect storm makes thousands of bus calls
+#: at once (presence, ``online``): they wait for a free connection (up to
+#: ``POOL_WAIT_S``) instead of failing, as redis-py's default pool does past 100 (lost
+#: presence and events, a traceback each).
+POOL_SIZE = 32
+POOL_WAIT_S = 30.0
 
 
 def node_channel(node: str) -> str:
@@ -127,7 +133,10 @@ class RedisBus(LocalBus):
         from redis.exceptions import RedisError
 
         self._handler = handler
-        self._redis = aioredis.from_url(self.url, decode_responses=True)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, decode_responses=True, max_connections=POOL_SIZE, timeout=POOL_WAIT_S
+        )
+        self._redis = aioredis.Redis.from_pool(pool)
         try:
             await self._redis.ping()
             await self._beat()

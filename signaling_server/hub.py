@@ -291,6 +291,9 @@ class Hub:
         #: Several nodes (docs/scale.md): the bus, and what it told us of the others.
         self.bus: LocalBus = make_bus(config.redis_url, refresh_s=config.bus_refresh_s)
         self.remote_devices: dict[str, tuple[str, int]] = {}  # device -> (node, conn id)
+        #: device -> its group, from the others' ``online``: a device's group is set at
+        #: enrolment and never changes (see _fan_out_remote).
+        self.remote_groups: dict[str, str] = {}
         self.remote_sessions: dict[str, RemoteSession] = {}
         self.remote_device_sessions: dict[str, str] = {}  # device id -> session id
         self.remote_consoles: dict[str, dict[int, str]] = {}  # technician -> conn -> node
@@ -1596,6 +1599,7 @@ class Hub:
                 {
                     "k": "online",
                     "device": conn.device.id,
+                    "group": conn.device.group_id,
                     "node": self.bus.node_id,
                     "conn": conn.conn_id,
                 }
@@ -1745,7 +1749,7 @@ class Hub:
                 if device is not None and not (device.service_installed and device.service_enabled):
                     await self._end_session(session, CloseReason.SERVICE_DISABLED, Party.SERVER)
             await self._send_device_status(device_id)
-            await self._fan_out_device(device_id, publish=False)
+            await self._fan_out_remote(device_id)
         elif kind == "online":
             await self._remote_device_online(event)
         elif kind == "offline":
@@ -1799,6 +1803,8 @@ class Hub:
             # It connected again through another node: this socket is a dead path.
             await stale.transport.close(CloseCode.REPLACED, "connected again elsewhere")
         self.remote_devices[device_id] = (node, conn_id)
+        if "group" in event:
+            self.remote_groups[device_id] = str(event["group"])
         session = self._session_of_device(device_id)
         if session is not None:
             # Our session's device is back, on another node: as a local reconnect.
@@ -1806,6 +1812,16 @@ class Hub:
             await self._resend_session_state(
                 await self._proxy(Party.DEVICE.value, device_id, node, conn_id)
             )
+
+    async def _fan_out_remote(self, device_id: str) -> None:
+        """Another node's device changed: our consoles that watch it hear of it. A
+        node with no console watching the device's group reads nothing: a connect
+        storm on the other nodes (two changes a device) read every device afresh from
+        the shared store, one at a time on the bus, and delayed a watched device's
+        change behind them by seconds (docs/scale.md, "Several nodes")."""
+        group = self.remote_groups.get(device_id)
+        if group is None or self._watchers_of(group):
+            await self._fan_out_device(device_id, publish=False)
 
     async def _remote_technician_online(self, event: Event) -> None:
         tech_id, node, conn_id = str(event["tech"]), str(event["node"]), int(event["conn"])
@@ -1834,7 +1850,7 @@ class Hub:
             if held is not None and held[0] == node:
                 del self.remote_devices[device_id]
                 self._start_grace(device_id=device_id, lost=Party.DEVICE)
-                await self._fan_out_device(device_id, publish=False)
+                await self._fan_out_remote(device_id)
         for tech_id, conns in list(self.remote_consoles.items()):
             for conn_id, held_by in list(conns.items()):
                 if held_by == node:

@@ -283,6 +283,10 @@ class ConsoleWorker(Worker):
                 return
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        #: Probes this console heard: a later update of the same device (another
+        #: change, a node reading it again) repeats its name, and only the first
+        #: arrival is the probe's.
+        seen: set[int] = set()
         async for msg in ws:
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
@@ -294,7 +298,9 @@ class ConsoleWorker(Worker):
             message = SIGNALING.decode(msg.data, Sender.SERVER)
             if isinstance(message, DeviceUpdate) and message.device.name.startswith(PROBE_PREFIX):
                 seq = int(message.device.name[len(PROBE_PREFIX) :])
-                self.heard.setdefault(seq, []).append(at)
+                if seq not in seen:
+                    seen.add(seq)
+                    self.heard.setdefault(seq, []).append(at)
 
     async def close(self) -> dict[str, Any]:
         self.stopping = True

@@ -51,6 +51,8 @@ DEFAULT_DEVICES = 3_000
 CONNECT_DEADLINE_S = 300.0
 #: The product's default: how often a node says it is alive and looks at the others.
 BUS_REFRESH_S = 2.0
+#: The number of the probe sent before the timed ones (those count from 0).
+SETTLE_PROBE = 1_000_000
 
 
 def console_nodes(consoles: int) -> list[int]:
@@ -161,6 +163,13 @@ async def _measure(run: load.Run, folder: Path, redis_url: str, db_url: str) -> 
         await asyncio.gather(*(c.ask("start") for c in consoles))
 
         # -- status changes on node 0, heard on every node -------------------------
+        # The connect storm leaves work behind on every node (each device's first
+        # status report and presence cross the bus): one probe first, whose arrival
+        # everywhere says that the nodes are through it; how long that took is noted.
+        settled = await load.time_probes(
+            owner, consoles, watched, 1, run.consoles, first=SETTLE_PROBE, deadline_s=300
+        )
+        r["settle_s"] = round(max(ms for each in settled.values() for ms in each) / 1000, 2)
         per_worker = await load.time_probes(owner, consoles, watched, run.probes, run.consoles)
         latencies = [ms for each in per_worker.values() for ms in each]
         remote = [

@@ -26,6 +26,7 @@ import asyncio
 import json
 import math
 import multiprocessing
+import os
 import statistics
 import sys
 import time
@@ -110,6 +111,12 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def settled_rss(pid: int, deadline_s: float = 120.0) -> int:
@@ -223,25 +230,31 @@ async def time_probes(
     watched: list[str],
     probes: int,
     console_count: int,
+    *,
+    first: int = 0,
+    deadline_s: float = 30.0,
 ) -> dict[str, list[float]]:
     """Probe devices of the watched group report a new name one after another (their
     worker in ``owner``); the latency of each arrival at each console, in ms, from the
     probe's send (device process) to its arrival (console process), per console
-    worker."""
+    worker. Probes are numbered from ``first``: arrivals of earlier ones are left out."""
     sent: dict[int, float] = {}
-    for seq in range(probes):
+    for seq in range(first, first + probes):
         device_id = watched[seq % len(watched)]
         sent[seq] = await owner[device_id].ask("probe", device_id=device_id, seq=seq)
         await asyncio.sleep(0.05)  # one probe at a time: latency, not throughput
     heard: dict[str, dict[int, list[float]]] = {}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        heard = {c.name: await c.ask("heard") for c in consoles}
+        heard = {
+            c.name: {int(seq): ts for seq, ts in (await c.ask("heard")).items() if int(seq) in sent}
+            for c in consoles
+        }
         if sum(len(ts) for h in heard.values() for ts in h.values()) >= probes * console_count:
             break
         await asyncio.sleep(0.2)
     return {
-        name: [(t - sent[int(seq)]) * 1000 for seq, ts in h.items() for t in ts]
+        name: [(t - sent[seq]) * 1000 for seq, ts in h.items() for t in ts]
         for name, h in heard.items()
     }
 
@@ -286,6 +299,7 @@ async def measure(run: Run) -> dict[str, Any]:
 
         # -- 2. connect -----------------------------------------------------------
         started = time.monotonic()
+        cpu_before = cpu_s(server.process.pid)
         await asyncio.gather(*(w.ask("start") for w in workers))
         online = await asyncio.gather(
             *(w.ask("online", after=started, deadline_s=CONNECT_DEADLINE_S) for w in workers)
@@ -295,6 +309,10 @@ async def measure(run: Run) -> dict[str, Any]:
         r["connected"] = connected
         r["connect_s"] = round(max(times) - started, 2) if times else None
         r["connect_rate_per_s"] = round(connected / (max(times) - started), 1) if times else 0
+        # What one connect costs the server, whatever the clients' share of the cores.
+        r["server_cpu_ms_per_connect"] = round(
+            1000 * (cpu_s(server.process.pid) - cpu_before) / max(1, connected), 2
+        )
         state = await wait_health(server, lambda s: s["devices_online"] >= connected, 30)
         r["held_by_server"] = state["devices_online"]
         r["open_files"] = state.get("open_files")
@@ -371,6 +389,7 @@ async def measure(run: Run) -> dict[str, Any]:
         # Read at once: the devices are already on their way back.
         rss_restart = rss_kib(server.process.pid)
         r["server_rss_restart_kib"] = rss_restart
+        cpu_ready = cpu_s(server.process.pid)
         back = await asyncio.gather(
             *(w.ask("online", after=killed_at, deadline_s=RECONNECT_DEADLINE_S) for w in workers)
         )
@@ -381,6 +400,9 @@ async def measure(run: Run) -> dict[str, Any]:
             round(statistics.median(back_times) - ready_at, 2) if back_times else None
         )
         r["restart_s"] = round(ready_at - killed_at, 2)
+        r["server_cpu_ms_per_reconnect"] = round(
+            1000 * (cpu_s(server.process.pid) - cpu_ready) / max(1, len(back_times)), 2
+        )
 
         # -- 6. the devices leave ------------------------------------------------
         closed = await asyncio.gather(*(w.ask("close") for w in workers))
@@ -462,6 +484,13 @@ def rows(r: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:
             met(abs(r.get("memory_back_ratio", 1)) <= TARGET_MEMORY_BACK),
         ),
         ("connect rate (devices/s)", r.get("connect_rate_per_s"), "(reported)", None),
+        ("server CPU per connect (ms)", r.get("server_cpu_ms_per_connect"), "(reported)", None),
+        (
+            "server CPU per reconnect (ms)",
+            r.get("server_cpu_ms_per_reconnect"),
+            "(reported)",
+            None,
+        ),
         (
             "reconnect of all after a restart (s)",
             reconnect_s,
