@@ -65,6 +65,8 @@ _SUMMARY_FIELDS = ("summary", "impact", "expected_vs_actual", "evidence", "next_
 class WebSocketTransport:
     """Adapts an aiohttp websocket to the hub's Transport protocol."""
 
+    __slots__ = ("ws",)  # one per connection
+
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
 
@@ -320,7 +322,7 @@ async def _sweep_revocations(hub: Hub) -> None:
     while True:
         await asyncio.sleep(REVOCATION_SWEEP_S)
         try:
-            for device_id in await hub.store.revoked_among(list(hub.devices_online)):
+            for device_id in await hub.store.revoked_among(hub.devices_online.keys()):
                 await hub.device_revoked(device_id)
         except Exception:
             log.exception("revocation sweep failed")
@@ -370,6 +372,8 @@ def make_app(config: ServerConfig, store: Store, fingerprint: str) -> web.Applic
     )
     app[SOCKETS] = set()
     app[limits.OPEN_FILES] = limits.OpenFilesGuard.for_this_process()
+    # After a fleet left, its tables go before the heap is trimmed (limits.shrink).
+    app[limits.OPEN_FILES].before_trim += [hub.compact, lambda: limits.shrink(app[SOCKETS])]
     app.on_shutdown.append(_close_sockets)
     app.cleanup_ctx.append(_lifecycle)
     app.cleanup_ctx.append(limits.watch_open_files)

@@ -81,10 +81,11 @@ from protocol.messages import (
 )
 from protocol.permissions import REQUIRED_ACTION, UNSCOPED_ROLES, authorize
 from protocol.session import FINAL_STATES, Party, SessionEvent, SessionMachine
-from signaling_server import turn
+from signaling_server import limits, turn
 from signaling_server.bus import Event, LocalBus, make_bus
 from signaling_server.config import ServerConfig
 from signaling_server.store import (
+    STATE_RANK,
     Device,
     NotificationRow,
     SessionRow,
@@ -95,6 +96,7 @@ from signaling_server.store import (
     token_hash,
 )
 from signaling_server.turn import TurnSettings
+from signaling_server.writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +107,9 @@ _OFFERED: dict[Mode, tuple[Mode, ...]] = {
     Mode.VIDEO: (Mode.VIDEO, Mode.VOICE, Mode.TEXT),
 }
 
-#: Notification states only move forward.
-_NOTE_RANK = {
-    NotificationState.SENT: 0,
-    NotificationState.DELIVERED: 1,
-    NotificationState.READ: 2,
-    NotificationState.ANSWERED: 3,
-    NotificationState.EXPIRED: 4,
-}
+#: Notification states only move forward (the store writes them in this order too).
+_NOTE_RANK = STATE_RANK
+_READ_OR_ANSWERED = frozenset({NotificationState.READ, NotificationState.ANSWERED})
 
 
 class Transport(Protocol):
@@ -125,6 +122,9 @@ class Transport(Protocol):
 
 class TokenBucket:
     """Per-connection rate limit: ``rate`` messages a second, bursts up to ``burst``."""
+
+    # One per connection: slots instead of a __dict__ (docs/scale.md, "One process").
+    __slots__ = ("burst", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
@@ -145,7 +145,8 @@ class TokenBucket:
 _conn_ids = itertools.count(1)
 
 
-@dataclass(eq=False)
+# One per connection: slots instead of a __dict__ (docs/scale.md, "One process").
+@dataclass(eq=False, slots=True)
 class Connection:
     transport: Transport
     address: str
@@ -163,6 +164,8 @@ class Connection:
     token_expiry: asyncio.TimerHandle | None = None
     violations: int = 0
     closed: bool = False
+    #: The last device.status sent on this connection (a device's own).
+    status_sent: DeviceStatus | None = None
 
     @property
     def sender(self) -> Sender:
@@ -261,6 +264,8 @@ class Hub:
         self._watch_keys: dict[Connection, tuple[str, ...]] = {}
         self.sessions: dict[str, LiveSession] = {}
         self.device_sessions: dict[str, str] = {}  # device id -> its one live session
+        #: Notification progress and last-seen times, written in batches.
+        self.writes = WriteBehind(store)
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[type[Message], Handler] = {
             StatusReport: self._on_status_report,
@@ -339,12 +344,13 @@ class Hub:
                         )
                     )
                 self._start_grace(device_id=device_id, lost=Party.DEVICE)
-                # A hub task, not the websocket handler's: aiohttp may cancel a handler
-                # at shutdown inside the write, leaving its database session to the
-                # garbage collector; shutdown() lets hub tasks finish before the store
-                # closes.
-                self._spawn(self._store_call(self.store.touch_device(device_id)))
-                await self._fan_out_device(device_id)
+                # Written behind, in batches (a fleet leaving at once queued a
+                # transaction each behind the pool); shutdown() flushes it.
+                self.writes.touch(device_id, now_ms())
+                # As read at authentication and kept current since (reports, policy
+                # changes), with the last-seen time being written: no read per leave.
+                left = dataclasses.replace(conn.device, last_seen_ms=now_ms())
+                await self._fan_out_device(device_id, device=left)
         elif conn.technician is not None:
             tech_id = conn.technician.id
             conns = self.consoles.get(tech_id, set())
@@ -360,6 +366,19 @@ class Hub:
                 for session in list(self.sessions.values()):
                     if session.technician.id == tech_id:
                         self._start_grace(session=session, lost=Party.TECHNICIAN)
+
+    def compact(self) -> None:
+        """Rebuild the tables a fleet grew, once it left (a dict or set keeps its
+        size after deletions; see limits.shrink). Called by the open-files watcher
+        before it trims the heap."""
+        for table in (
+            self.connections,
+            self.devices_online,
+            self.conns_by_id,
+            self._watch_keys,
+            self.remote_devices,
+        ):
+            limits.shrink(table)
 
     async def shutdown(self, grace_s: float = 5.0) -> None:
         """Stop the timers and the background tasks; the store closes after this.
@@ -379,6 +398,7 @@ class Hub:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=grace_s)
+        await self.writes.close()
 
     # -- frames in and out ----------------------------------------------------------
 
@@ -579,7 +599,7 @@ class Hub:
                 await self._announce_device(conn)
             await self.send(conn, self._auth_ok(device.id, Role.DEVICE, device.name, message.rid))
             await self._send_device_status(device.id)
-            await self._fan_out_device(device.id)
+            await self._fan_out_device(device.id, device=device)
             await self._deliver_pending(conn)
             await self._resend_session_state(conn)
             return
@@ -684,15 +704,17 @@ class Hub:
         if conn is None or conn.device is None:
             return
         device = conn.device
-        await self.send(
-            conn,
-            DeviceStatus(
-                status=self._device_status(device),
-                policy_enabled=device.policy_enabled,
-                allowed_modes=self._allowed_modes(device),
-                session_id=self._session_id_for(device_id),
-            ),
+        status = DeviceStatus(
+            status=self._device_status(device),
+            policy_enabled=device.policy_enabled,
+            allowed_modes=self._allowed_modes(device),
+            session_id=self._session_id_for(device_id),
         )
+        # The device knows already: a report that changed nothing (every connect
+        # has one) costs no frame, and a frame is a send() on a TLS socket.
+        if status != conn.status_sent:
+            conn.status_sent = status
+            await self.send(conn, status)
 
     async def _fan_out_device(
         self, device_id: str, *, publish: bool = True, device: Device | None = None
@@ -760,8 +782,8 @@ class Hub:
             # its last-seen time is written when it leaves.
             device = known
         else:
-            await self.store.update_device_report(
-                conn.device.id,
+            device = conn.device = await self.store.update_device_report(
+                known,
                 service_installed=msg.service_installed,
                 service_enabled=msg.service_enabled,
                 chat_services=msg.chat_services,
@@ -769,9 +791,6 @@ class Hub:
                 model=msg.model,
                 os=msg.os,
             )
-            fresh = await self.store.device(conn.device.id)
-            assert fresh is not None
-            device = conn.device = fresh
         # A service switched off during a session ends it: the user withdrew consent.
         session = self._session_of_device(device.id)
         if session is not None and not (msg.service_installed and msg.service_enabled):
@@ -1432,6 +1451,9 @@ class Hub:
     async def _deliver_pending(self, conn: Connection) -> None:
         assert conn.device is not None
         for row in await self.store.pending_notifications(conn.device.id):
+            unwritten = self.writes.pending_progress(row.id, conn.device.id)
+            if unwritten is not None and unwritten[0] in _READ_OR_ANSWERED:
+                continue  # read or answered a moment ago, not in the store yet
             await self.send(
                 conn,
                 _deliver_message(row),
@@ -1446,33 +1468,60 @@ class Hub:
         rid: int | None,
     ) -> None:
         assert conn.device is not None
-        found = await self.store.notification_target(notification_id, conn.device.id)
+        device_id = conn.device.id
+        found = await self.store.notification_target(notification_id, device_id)
         if found is None:
             raise LocalProtocolError(ErrorCode.NOT_FOUND, f"no notification {notification_id!r}")
         note, target = found
         if note.expires_at_ms < now_ms():
             raise LocalProtocolError(ErrorCode.EXPIRED, "the notification has expired")
-        current = NotificationState(target.state)
+        current, current_answer = NotificationState(target.state), target.answer
+        # Progress written behind is ahead of the store's row until it is flushed.
+        unwritten = self.writes.pending_progress(notification_id, device_id)
+        if unwritten is not None and _NOTE_RANK[unwritten[0]] > _NOTE_RANK[current]:
+            current, current_answer = unwritten[0], unwritten[1] or current_answer
         # The same answer again is a device resending what a dropped link may have
         # lost: the same act, so it changes nothing (below) and is not refused.
         answered = current is NotificationState.ANSWERED
-        if state is NotificationState.ANSWERED and answered and target.answer != answer:
+        if state is NotificationState.ANSWERED and answered and current_answer != answer:
             raise LocalProtocolError(ErrorCode.CONFLICT, "the notification is answered already")
-        await self.send(conn, Ok(rid=rid))
         if _NOTE_RANK[state] <= _NOTE_RANK[current]:
+            await self.send(conn, Ok(rid=rid))
             return  # a late or repeated acknowledgement changes nothing
-        at = await self.store.set_notification_state(notification_id, conn.device.id, state, answer)
         update = NotifyUpdate(
             notification_id=notification_id,
-            device_id=conn.device.id,
+            device_id=device_id,
             state=state,
-            at_ms=at,
+            at_ms=now_ms(),
             answer=answer,
         )
-        for console in list(self.consoles.get(note.technician_id, ())):
+        technician_id = note.technician_id
+
+        async def tell_sender() -> None:
+            await self._tell_progress(technician_id, update)
+
+        # Written behind, in batches (docs/scale.md, "Written behind"): 10,000
+        # ``delivered`` are a handful of transactions. The sender's consoles hear of a
+        # change once it is stored (what they saw survives a crash). What the user did
+        # (read, answered) is stored before the ``ok`` too: the agent drops its copy
+        # on the ``ok`` (docs/recovery.md, store and forward); a ``delivered`` lost to
+        # a crash only delivers the pop-up again.
+        await self.writes.note_progress(
+            notification_id,
+            device_id,
+            state,
+            update.at_ms,
+            answer,
+            durable=state is not NotificationState.DELIVERED,
+            on_written=tell_sender,
+        )
+        await self.send(conn, Ok(rid=rid))
+
+    async def _tell_progress(self, technician_id: str, update: NotifyUpdate) -> None:
+        for console in list(self.consoles.get(technician_id, ())):
             await self.send(console, update)
-        if self.remote_consoles.get(note.technician_id):
-            await self._to_remote_technician(note.technician_id, update)
+        if self.remote_consoles.get(technician_id):
+            await self._to_remote_technician(technician_id, update)
 
     async def _on_notify_ack(self, conn: Connection, msg: NotifyAck) -> None:
         state = (

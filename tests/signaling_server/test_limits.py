@@ -5,8 +5,10 @@ the cap, the server refuses new websockets cleanly before it and says so in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
+import sys
 from typing import Any
 
 import aiohttp
@@ -14,7 +16,9 @@ import pytest
 
 from peer.signaling import pinned, ws_url
 from signaling_server import limits
+from signaling_server.app import SOCKETS
 from tests.conftest import Lab
+from tests.signaling_server.wire import clients, enrol, hub_of
 
 
 def test_the_guard_warns_at_90_percent_and_refuses_before_the_cap(
@@ -91,3 +95,62 @@ async def test_tls_connections_share_one_read_buffer(lab: Lab) -> None:
         for transport, protocol in held:
             transport.close()
             await protocol.lost
+
+
+def test_shrink_gives_a_grown_table_its_size_back_and_keeps_its_entries() -> None:
+    """A dict or set keeps the table a fleet grew after the fleet left; shrink rebuilds
+    it in place (the same object: others hold references to it)."""
+    table = {f"dev-{i}": i for i in range(20_000)}
+    members = set(table)
+    for i in range(3, 20_000):
+        del table[f"dev-{i}"]
+        members.discard(f"dev-{i}")
+    grown_dict, grown_set = sys.getsizeof(table), sys.getsizeof(members)
+    same_dict, same_set = table, members
+    limits.shrink(table)
+    limits.shrink(members)
+    assert table is same_dict
+    assert members is same_set
+    assert table == {"dev-0": 0, "dev-1": 1, "dev-2": 2}
+    assert members == {"dev-0", "dev-1", "dev-2"}
+    assert sys.getsizeof(table) < grown_dict // 100
+    assert sys.getsizeof(members) < grown_set // 100
+
+
+async def test_the_fleets_tables_are_compacted_before_the_heap_is_trimmed(lab: Lab) -> None:
+    """The open-files watcher runs the hub's compaction (and the sockets') before it
+    trims; a compacted hub still routes to the devices online."""
+    assert lab.server.app is not None
+    hub = hub_of(lab.server)
+    guard = lab.server.app[limits.OPEN_FILES]
+    assert hub.compact in guard.before_trim
+    async with clients(lab) as c:
+        device = await enrol(lab, name="Compacted")
+        wire = await c.device(device)
+        for compact in guard.before_trim:
+            compact()
+        assert set(hub.devices_online) == {device.device_id}
+        assert len(lab.server.app[SOCKETS]) == 1
+        await wire.report()  # answered: the connection is still the hub's
+
+
+async def test_the_server_issues_no_tls_session_tickets(lab: Lab) -> None:
+    """Our clients never resume a TLS session: the server sends no TLS 1.3 tickets
+    (work and bytes on every handshake for nothing)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection("127.0.0.1", lab.server.port, ssl=context)
+    try:
+        writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        # The whole answer read: tickets, if any, come before the first record of data.
+        answer = await asyncio.wait_for(reader.read(), 30)
+        assert answer.startswith(b"HTTP/1.1 200")
+        tls_object = writer.get_extra_info("ssl_object")
+        assert tls_object.version() == "TLSv1.3"
+        session = tls_object.session
+        assert session is None or not session.has_ticket
+    finally:
+        writer.close()
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            await writer.wait_closed()

@@ -1,0 +1,571 @@
+"""Server memory per idle connection, layer by layer, and whether it comes back.
+
+One server process (a child of this one) and N idle clients in another process, for
+four servers, each a layer more than the last:
+
+* ``tls``: a plain asyncio TLS server that holds its sockets (the floor: a socket,
+  asyncio's TLS protocol and transport, OpenSSL's state);
+* ``ws``: an aiohttp websocket server without TLS;
+* ``wss``: the same with TLS;
+* ``server``: ours (``RunningServer``, what ``livesupport server`` runs), with real
+  devices from ``bench/load/clients.py``'s device worker (challenge signed, status
+  report, pings answered).
+
+Every TLS server shares its read buffer (``limits.share_tls_read_buffer``, as ours
+does), so the layers compare. For each it prints the RSS per connection, the C heap
+per connection (glibc's ``mallinfo2``: bytes in use, bytes free but kept), Python's
+per connection (``sys.getallocatedblocks`` and, with ``--trace``, ``tracemalloc``
+grouped by the file that allocated), then the clients leave and it prints the RSS
+over the next seconds, before and after ``malloc_trim``, against the RSS at start.
+
+``.venv/bin/python -m bench.memory_per_connection --devices 2000`` (``--layers
+server`` for ours only; ``--trace`` adds tracemalloc, which costs memory itself: its
+RSS figures are not the server's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import gc
+import json
+import multiprocessing
+import os
+import ssl
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections import Counter
+from multiprocessing.connection import Connection as Pipe
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+
+from bench.faults._restartable import raise_open_files_limit
+from bench.load.clients import CONNECTS_IN_FLIGHT, Worker, device_process
+from signaling_server import limits, tls
+from signaling_server.config import ServerConfig
+from signaling_server.store import DeviceRow, Store, new_id
+
+LAYERS = ("tls", "ws", "wss", "server")
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def rss_kib(pid: int | None = None, field: str = "VmRSS") -> int:
+    status = Path(f"/proc/{pid or 'self'}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith(field)).split()[1])
+
+
+def heap() -> dict[str, int]:
+    """glibc's view: bytes handed out (``in_use``), freed but kept (``free``),
+    mapped on their own (``mmapped``), and the pymalloc arenas Python holds."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    return {
+        "rss": rss_kib() * 1024,
+        # Anonymous (heaps, arenas, stacks) apart from file-backed (code of the
+        # libraries, touched the first time a handshake or a query runs them).
+        "rss_anon": rss_kib(field="RssAnon") * 1024,
+        "rss_file": rss_kib(field="RssFile") * 1024,
+        "c_in_use": info.uordblks + info.hblkhd,
+        "c_free": info.fordblks,
+        "c_mmapped": info.hblkhd,
+        "heap_rss": _smaps_rss("[heap]"),
+        "anon_maps_rss": _smaps_rss(""),
+        "py_blocks": sys.getallocatedblocks(),
+        "py_arenas": pymalloc_arenas(),
+        "cpu_ms": int(1000 * time.process_time()),
+    }
+
+
+def malloc_info() -> str:
+    """glibc's malloc_info XML: every arena's free chunks by size, its system bytes."""
+    libc = ctypes.CDLL("libc.so.6")
+    with tempfile.TemporaryFile() as out:
+        libc.fdopen.restype = ctypes.c_void_p
+        stream = libc.fdopen(os.dup(out.fileno()), b"w")
+        libc.malloc_info(0, ctypes.c_void_p(stream))
+        libc.fclose(ctypes.c_void_p(stream))
+        out.seek(0)
+        return out.read().decode()
+
+
+def _smaps_rss(name: str) -> int:
+    """Resident bytes of the mappings called ``name`` ("" : anonymous ones)."""
+    total = 0
+    current = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            current = head[5] if len(head) > 5 else ""
+        elif head[0] == "Rss:" and current == name:
+            total += int(head[1]) * 1024
+    return total
+
+
+def _arena_pins(start_arenas: set[int]) -> dict[str, Any]:
+    """The objects the garbage collector tracks that sit in 1 MiB regions no such
+    object sat in at start: what keeps pymalloc's arenas of the fleet alive (a
+    hint: strings and numbers are not tracked)."""
+    gc.collect()
+    pinned: dict[int, Counter[str]] = {}
+    for o in gc.get_objects():
+        region = id(o) >> 20
+        if region not in start_arenas:
+            pinned.setdefault(region, Counter())[type(o).__qualname__] += 1
+    kinds: Counter[str] = Counter()
+    for counts in pinned.values():
+        kinds.update(counts)
+    return {"regions": len(pinned), "kinds": kinds.most_common(20)}
+
+
+def _anon_maps() -> list[tuple[int, int, int]]:
+    """(size, resident, count) of the anonymous mappings, by size, largest RSS first."""
+    by: dict[int, list[int]] = {}
+    size = 0
+    current = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            start, end = (int(x, 16) for x in head[0].split("-"))
+            size = end - start
+            current = head[5] if len(head) > 5 else ""
+        elif head[0] == "Rss:" and current == "":
+            entry = by.setdefault(size, [0, 0])
+            entry[0] += int(head[1]) * 1024
+            entry[1] += 1
+    return sorted(((s, r, c) for s, (r, c) in by.items()), key=lambda x: -x[1])[:12]
+
+
+def pymalloc_arenas() -> int:
+    """Arenas (1 MiB each in 3.11, ``ARENA_SIZE``) pymalloc holds: from ``sys._debugmallocstats``,
+    which writes to the C stderr."""
+    with tempfile.TemporaryFile() as out:
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        for line in out.read().decode(errors="replace").splitlines():
+            if line.startswith("# arenas allocated current"):
+                return int(line.split("=")[1].replace(",", ""))
+    return 0
+
+
+# -- the servers (child process) ---------------------------------------------------
+
+
+class Holder(asyncio.Protocol):
+    """The floor: a TLS connection held and nothing else."""
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+
+async def _ws_echo(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=64 * 1024, compress=False)
+    await ws.prepare(request)
+    async for _ in ws:
+        pass
+    return ws
+
+
+async def _start(layer: str, data: Path) -> tuple[str, str, Any]:
+    """Start ``layer``; returns its url, certificate pin and a stop coroutine function."""
+    limits.share_tls_read_buffer()
+    identity, _ = tls.load_or_create(data)
+    context = identity.server_context()
+    loop = asyncio.get_running_loop()
+    if layer == "tls":
+        server = await loop.create_server(Holder, "127.0.0.1", 0, ssl=context, backlog=4096)
+        port = server.sockets[0].getsockname()[1]
+
+        async def stop_plain() -> None:
+            server.close()
+
+        return f"https://127.0.0.1:{port}", identity.fingerprint, stop_plain
+    if layer in ("ws", "wss"):
+        app = web.Application()
+        app.router.add_get("/ws", _ws_echo)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, "127.0.0.1", 0, ssl_context=context if layer == "wss" else None, backlog=4096
+        )
+        await site.start()
+        assert site._server is not None
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        scheme = "https" if layer == "wss" else "http"
+        return f"{scheme}://127.0.0.1:{port}", identity.fingerprint, runner.cleanup
+    from signaling_server.server import RunningServer
+
+    running = await RunningServer(ServerConfig(port=0, data_dir=data, advertise=False)).start()
+    return running.url, running.fingerprint, running.stop
+
+
+def server_process(pipe: Pipe, layer: str, data: str, trace: bool) -> None:
+    raise_open_files_limit(20_000)
+    if trace:
+        tracemalloc.start(8)
+    asyncio.run(_serve(pipe, layer, Path(data), trace))
+
+
+async def _serve(pipe: Pipe, layer: str, data: Path, trace: bool) -> None:
+    url, fingerprint, stop = await _start(layer, data)
+    loop = asyncio.get_running_loop()
+    pipe.send({"url": url, "fingerprint": fingerprint})
+    snapshot: tracemalloc.Snapshot | None = None
+    start_arenas: set[int] = set()
+    while True:
+        command = await loop.run_in_executor(None, pipe.recv)
+        if command == "stop":
+            await stop()
+            pipe.send({})
+            return
+        if command == "trim":
+            limits.trim_heap()
+            pipe.send(heap())
+        elif command == "malloc_trim":
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            pipe.send(heap())
+        elif command == "pins":
+            pipe.send(_arena_pins(start_arenas))
+        elif command == "maps":
+            pipe.send(_anon_maps())
+        elif command == "malloc_info":
+            pipe.send(malloc_info())
+        elif command == "mark":
+            gc.collect()
+            if trace:
+                snapshot = tracemalloc.take_snapshot()
+            start_arenas = {id(o) >> 20 for o in gc.get_objects()}
+            marked: dict[str, Any] = heap()
+            marked["objects"] = _object_counts()
+            pipe.send(marked)
+        elif command == "measure":
+            gc.collect()
+            answer: dict[str, Any] = heap()
+            answer["objects"] = _object_counts()
+            if trace and snapshot is not None:
+                answer["traced"] = _traced_since(snapshot)
+            pipe.send(answer)
+        else:
+            pipe.send(heap())
+
+
+def _object_counts() -> list[tuple[str, int]]:
+    """The types of the objects the garbage collector tracks, most numerous first."""
+    counts = Counter(type(o).__qualname__ for o in gc.get_objects())
+    return sorted(counts.items())
+
+
+def _traced_since(snapshot: tracemalloc.Snapshot) -> list[tuple[str, int]]:
+    """Bytes allocated since ``snapshot`` and still held, by the first frame outside
+    the standard library's generic machinery (what made the object)."""
+    now = tracemalloc.take_snapshot()
+    by: Counter[str] = Counter()
+    for stat in now.compare_to(snapshot, "traceback"):
+        if stat.size_diff <= 0:
+            continue
+        by[_who(stat.traceback)] += stat.size_diff
+    return by.most_common(30)
+
+
+def _who(traceback: tracemalloc.Traceback) -> str:
+    frame = list(traceback)[-1]  # oldest first: the last frame allocated
+    return f"{_short(frame.filename)}:{frame.lineno}"
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "python3.11/", "/work/main/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+# -- the clients (another process) --------------------------------------------------
+
+
+def plain_client_process(pipe: Pipe, layer: str, url: str, fingerprint: str, n: int) -> None:
+    raise_open_files_limit(n + 1024)
+    limits.share_tls_read_buffer()
+    asyncio.run(_plain_clients(pipe, layer, url, fingerprint, n))
+
+
+async def _plain_clients(pipe: Pipe, layer: str, url: str, fingerprint: str, n: int) -> None:
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(CONNECTS_IN_FLIGHT)
+    held: list[Any] = []
+    worker = Worker(url, fingerprint, "127.0.0.2")
+
+    async def one() -> None:
+        async with gate:
+            if layer == "tls":
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                host, port = url.removeprefix("https://").split(":")
+                transport, _ = await loop.create_connection(
+                    asyncio.Protocol, host, int(port), ssl=context, local_addr=("127.0.0.2", 0)
+                )
+                held.append(transport)
+            else:
+                held.append(await worker.connect())
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    pipe.send({"online": len(held)})
+    await loop.run_in_executor(None, pipe.recv)
+    for item in held:
+        if isinstance(item, asyncio.BaseTransport):
+            item.close()
+        else:
+            await item.close()
+    if worker.session is not None:
+        await worker.session.close()
+    pipe.send({"closed": len(held)})
+
+
+# -- the orchestrator ---------------------------------------------------------------
+
+
+def _spawn(target: Any, *args: Any) -> tuple[multiprocessing.process.BaseProcess, Pipe]:
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=target, args=(theirs, *args), daemon=True)
+    process.start()
+    return process, ours
+
+
+async def _ask(pipe: Pipe, message: Any, timeout_s: float = 900.0) -> Any:
+    pipe.send(message)
+    loop = asyncio.get_running_loop()
+    if not await loop.run_in_executor(None, pipe.poll, timeout_s):
+        raise TimeoutError(f"no answer to {message!r}")
+    return pipe.recv()
+
+
+async def _fleet(data: Path, n: int) -> list[tuple[str, bytes, str]]:
+    from protocol import identity
+
+    store = await Store.open(ServerConfig(data_dir=data).database_url)
+    try:
+        group = await store.create_group("Fleet")
+        fleet = []
+        async with store.tx() as db:
+            for i in range(n):
+                key = identity.generate_key()
+                device_id = new_id("dev")
+                db.add(
+                    DeviceRow(
+                        id=device_id,
+                        name=f"Fleet {i:05d}",
+                        group_id=group.id,
+                        public_key=identity.public_key_b64(key),
+                        enrolled_at_ms=int(time.time() * 1000),
+                    )
+                )
+                raw = key.private_bytes(
+                    serialization.Encoding.Raw,
+                    serialization.PrivateFormat.Raw,
+                    serialization.NoEncryption(),
+                )
+                fleet.append((device_id, raw, f"Fleet {i:05d}"))
+    finally:
+        await store.close()
+    return fleet
+
+
+async def measure(layer: str, n: int, trace: bool, folder: Path, watch_s: float) -> dict[str, Any]:
+    data = folder / layer
+    if data.exists():
+        import shutil
+
+        shutil.rmtree(data)
+    data.mkdir(parents=True)
+    fleet = await _fleet(data, n) if layer == "server" else []
+    server, server_pipe = _spawn(server_process, layer, str(data), trace)
+    result: dict[str, Any] = {"layer": layer, "n": n, "trace": trace}
+    try:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, server_pipe.poll, 60)
+        info = server_pipe.recv()
+        start = await _ask(server_pipe, "mark")
+        result["start"] = start
+        if layer == "server":
+            clients, client_pipe = _spawn(
+                device_process, info["url"], info["fingerprint"], "127.0.0.2", fleet
+            )
+            await _ask(client_pipe, ("start", {}))
+            online = await _ask(
+                client_pipe, ("online", {"after": 0.0, "deadline_s": 600.0}), timeout_s=900
+            )
+            result["online"] = online["online"]
+        else:
+            clients, client_pipe = _spawn(
+                plain_client_process, layer, info["url"], info["fingerprint"], n
+            )
+            loop2 = asyncio.get_running_loop()
+            await loop2.run_in_executor(None, client_pipe.poll, 900)
+            result["online"] = client_pipe.recv()["online"]
+        full = await _ask(server_pipe, "measure")
+        result["full"] = full
+        per = {k: (full[k] - start[k]) / max(1, result["online"]) for k in start if k != "objects"}
+        result["per_connection"] = per
+        # The clients leave.
+        if layer == "server":
+            await _ask(client_pipe, ("close", {}), timeout_s=300)
+        else:
+            await _ask(client_pipe, "close", timeout_s=300)
+        clients.join(10)
+        left_at = time.monotonic()
+        after: list[tuple[float, dict[str, int]]] = []
+        while time.monotonic() - left_at < watch_s:
+            await asyncio.sleep(2.0)
+            after.append((round(time.monotonic() - left_at, 1), await _ask(server_pipe, "heap")))
+        result["after_leaving"] = after
+        result["trim_before_gc"] = await _ask(server_pipe, "malloc_trim")
+        result["after_measure"] = await _ask(server_pipe, "measure")
+        result["after_trim"] = await _ask(server_pipe, "trim")
+        result["anon_maps"] = await _ask(server_pipe, "maps")
+        result["pins"] = await _ask(server_pipe, "pins")
+        result["malloc_info"] = await _ask(server_pipe, "malloc_info")
+        await _ask(server_pipe, "stop")
+    finally:
+        server.join(15)
+        if server.is_alive():
+            server.kill()
+    return result
+
+
+def report(r: dict[str, Any]) -> str:
+    kib = 1024
+    per = r["per_connection"]
+    start_rss = r["start"]["rss"]
+    lines = [
+        f"== {r['layer']}: {r['online']} connections"
+        + (" (tracemalloc on: RSS inflated)" if r["trace"] else ""),
+        f"  RSS {start_rss / kib / kib:.1f} -> {r['full']['rss'] / kib / kib:.1f} MiB: "
+        f"{per['rss'] / kib:.2f} KiB per connection",
+        f"  C heap in use {per['c_in_use'] / kib:.2f} KiB/conn (of it mmapped "
+        f"{per['c_mmapped'] / kib:.2f}), C heap free-but-kept {per['c_free'] / kib:.2f} KiB/conn",
+        f"  Python: {per['py_blocks']:.1f} blocks/conn, pymalloc arenas "
+        f"{r['start']['py_arenas']} -> {r['full']['py_arenas']} "
+        f"({per['py_arenas'] * 1024:.2f} KiB/conn)",
+        f"  server CPU {per['cpu_ms']:.2f} ms per connect",
+    ]
+    if "traced" in r["full"]:
+        total = sum(size for _, size in r["full"]["traced"])
+        lines.append(f"  tracemalloc: {total / r['online'] / kib:.2f} KiB/conn held, by site:")
+        for who, size in r["full"]["traced"][:20]:
+            lines.append(f"    {size / r['online']:8.0f} B  {who}")
+    lines.append(
+        "  objects (gc-tracked) per connection: " + _object_diff(r["start"], r["full"], r["online"])
+    )
+    lines.append(
+        "  RSS anonymous / file-backed, MiB: start "
+        f"{r['start']['rss_anon'] / kib / kib:.1f} / {r['start']['rss_file'] / kib / kib:.1f}, "
+        f"full {r['full']['rss_anon'] / kib / kib:.1f} / {r['full']['rss_file'] / kib / kib:.1f}, "
+        f"left and trimmed {r['after_trim']['rss_anon'] / kib / kib:.1f} / "
+        f"{r['after_trim']['rss_file'] / kib / kib:.1f}"
+    )
+    lines.append(
+        "  [heap] / other anonymous mappings, MiB: start "
+        + " ; ".join(
+            f"{r[k]['heap_rss'] / kib / kib:.1f} / {r[k]['anon_maps_rss'] / kib / kib:.1f}"
+            for k in ("start", "full", "after_trim")
+        )
+        + " (start ; full ; left and trimmed)"
+    )
+    lines.append(
+        "  anonymous mappings left (size KiB: resident KiB x count): "
+        + ", ".join(f"{s // kib}: {rr // kib} x {c}" for s, rr, c in r["anon_maps"])
+    )
+    lines.append(
+        f"  Python blocks: start {r['start']['py_blocks']}, left {r['after_trim']['py_blocks']}; "
+        f"new 1 MiB regions holding gc objects: {r['pins']['regions']}: "
+        + ", ".join(f"{k} {c}" for k, c in r["pins"]["kinds"])
+    )
+    lines.append("  after the clients left (s: RSS MiB, C free MiB, arenas):")
+    for at, h in r["after_leaving"]:
+        lines.append(
+            f"    {at:5.1f}: {h['rss'] / kib / kib:7.1f}  {h['c_free'] / kib / kib:7.1f}  "
+            f"{h['py_arenas']}"
+        )
+    t = r["trim_before_gc"]
+    lines.append(
+        f"  malloc_trim before gc.collect: RSS {t['rss'] / kib / kib:.1f} MiB "
+        f"({100 * (t['rss'] - start_rss) / start_rss:+.1f} % of start), arenas {t['py_arenas']}"
+    )
+    t = r["after_trim"]
+    lines.append(
+        f"  after malloc_trim: RSS {t['rss'] / kib / kib:.1f} MiB "
+        f"({100 * (t['rss'] - start_rss) / start_rss:+.1f} % of start), "
+        f"C free {t['c_free'] / kib / kib:.1f} MiB, arenas {t['py_arenas']}"
+    )
+    if "traced" in r["after_measure"]:
+        total = sum(size for _, size in r["after_measure"]["traced"])
+        lines.append(f"  tracemalloc after they left: {total / 1024:.0f} KiB held since start:")
+        for who, size in r["after_measure"]["traced"][:15]:
+            lines.append(f"    {size:10d} B  {who}")
+    lines.append("  objects left (vs start): " + _object_diff(r["start"], r["after_measure"], 1))
+    return "\n".join(lines)
+
+
+def _object_diff(before: dict[str, Any], after: dict[str, Any], n: int) -> str:
+    was = dict(before["objects"])
+    grown = Counter({name: count - was.get(name, 0) for name, count in after["objects"]})
+    return ", ".join(
+        f"{name} {count / n:.3g}" for name, count in grown.most_common(14) if count > 0
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.memory_per_connection")
+    parser.add_argument("--devices", type=int, default=2000)
+    parser.add_argument("--layers", nargs="+", choices=LAYERS, default=list(LAYERS))
+    parser.add_argument("--trace", action="store_true", help="tracemalloc in the server")
+    parser.add_argument("--watch", type=float, default=20.0, help="seconds watched after")
+    root = Path(__file__).resolve().parents[1]
+    parser.add_argument("--folder", type=Path, default=root / "build" / "bench" / "memory")
+    parser.add_argument("--out", type=Path, help="all results (JSON, with malloc_info)")
+    args = parser.parse_args(argv)
+    raise_open_files_limit(20_000)
+    results = []
+    for layer in args.layers:
+        r = asyncio.run(measure(layer, args.devices, args.trace, args.folder, args.watch))
+        print(report(r), flush=True)
+        results.append(r)
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
