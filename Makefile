@@ -70,7 +70,9 @@ reliability: setup
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m bench.reliability
 
 # Issue 7's load test: one server process, 18,000 simulated devices and 50 consoles in
-# worker processes (several minutes); `LOAD_ARGS="--devices 2000"` for a smaller run.
+# worker processes (several minutes), then three nodes over Redis and PostgreSQL with
+# 3,000 devices (about 2 minutes more; `--nodes-devices 0` leaves them out);
+# `LOAD_ARGS="--devices 2000"` for a smaller run.
 # Prints each figure beside its target; JSON in build/bench/load.json.
 load: setup
 	$(BIN)/python -m bench.load $(LOAD_ARGS)
