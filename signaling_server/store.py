@@ -17,9 +17,9 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import (
@@ -28,11 +28,16 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Table,
     Text,
+    bindparam,
+    case,
     delete,
     event,
     func,
+    insert,
     inspect,
+    or_,
     select,
     text,
     update,
@@ -311,6 +316,28 @@ class NotificationHistory:
     targets: tuple[NotificationTargetHistory, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ProgressWrite:
+    """How far one device got with a notification, to be written (see write_batch)."""
+
+    notification_id: str
+    device_id: str
+    state: NotificationState
+    at_ms: int
+    #: The answer's text; None keeps what is stored.
+    answer: str | None = None
+
+
+#: Notification states only move forward: their order, as the store compares them.
+STATE_RANK: dict[NotificationState, int] = {
+    NotificationState.SENT: 0,
+    NotificationState.DELIVERED: 1,
+    NotificationState.READ: 2,
+    NotificationState.ANSWERED: 3,
+    NotificationState.EXPIRED: 4,
+}
+
+
 class StoreError(Exception):
     """A request the store refuses (unknown name, used token...), said for people."""
 
@@ -321,6 +348,11 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     """The request clashes with what exists (a name that is taken)."""
+
+
+def _table(row: type[Base]) -> Table:
+    """A mapped class's table, for SQLAlchemy Core statements (bulk writes)."""
+    return Base.metadata.tables[row.__tablename__]
 
 
 def _modes(text: str) -> tuple[Mode, ...]:
@@ -687,51 +719,73 @@ class Store:
         assert found is not None
         return found
 
+    # The device reads run on every device connect, status change and console
+    # subscription: plain rows (SQLAlchemy Core), not ORM objects, which cost about
+    # twice as much per row for values the store copies into a Device at once.
+    _DEVICE_COLUMNS = (
+        DeviceRow.id,
+        DeviceRow.name,
+        DeviceRow.group_id,
+        DeviceGroupRow.name.label("group_name"),
+        DeviceRow.public_key,
+        DeviceRow.model,
+        DeviceRow.os,
+        DeviceRow.last_seen_ms,
+        DeviceRow.revoked,
+        DeviceRow.service_installed,
+        DeviceRow.service_enabled,
+        DeviceRow.chat_services,
+        DeviceGroupRow.service_enabled.label("policy_enabled"),
+        DeviceGroupRow.allowed_modes,
+        DeviceRow.enrolled_at_ms,
+        DeviceGroupRow.relay_only,
+    )
+
     def _device_query(self) -> Any:
-        return select(DeviceRow, DeviceGroupRow).join(
+        return select(*self._DEVICE_COLUMNS).join(
             DeviceGroupRow, DeviceRow.group_id == DeviceGroupRow.id
         )
 
     @staticmethod
-    def _device(row: DeviceRow, group: DeviceGroupRow) -> Device:
+    def _device(row: Any) -> Device:
         return Device(
             id=row.id,
             name=row.name,
             group_id=row.group_id,
-            group_name=group.name,
+            group_name=row.group_name,
             public_key=row.public_key,
             model=row.model,
             os=row.os,
             last_seen_ms=row.last_seen_ms,
-            revoked=row.revoked,
-            service_installed=row.service_installed,
-            service_enabled=row.service_enabled,
+            revoked=bool(row.revoked),
+            service_installed=bool(row.service_installed),
+            service_enabled=bool(row.service_enabled),
             chat_services=_modes(row.chat_services),
-            policy_enabled=group.service_enabled,
-            policy_modes=_modes(group.allowed_modes),
+            policy_enabled=bool(row.policy_enabled),
+            policy_modes=_modes(row.allowed_modes),
             enrolled_at_ms=row.enrolled_at_ms,
-            relay_only=bool(group.relay_only),
+            relay_only=bool(row.relay_only),
         )
 
     async def device(self, device_id: str) -> Device | None:
-        async with self.tx() as db:
+        async with self.engine.connect() as conn:
             found = (
-                await db.execute(self._device_query().where(DeviceRow.id == device_id))
+                await conn.execute(self._device_query().where(DeviceRow.id == device_id))
             ).first()
-        return self._device(*found) if found else None
+        return self._device(found) if found else None
 
     async def devices(self, groups: Sequence[str] | None = None) -> list[Device]:
         """Every device, or those in ``groups`` (ids)."""
         query = self._device_query().order_by(DeviceRow.name)
         if groups is not None:
             query = query.where(DeviceRow.group_id.in_(list(groups)))
-        async with self.tx() as db:
-            rows = (await db.execute(query)).all()
-        return [self._device(*r) for r in rows]
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [self._device(r) for r in rows]
 
     async def update_device_report(
         self,
-        device_id: str,
+        device: Device,
         *,
         service_installed: bool,
         service_enabled: bool,
@@ -739,35 +793,47 @@ class Store:
         name: str,
         model: str,
         os: str,
-    ) -> None:
-        async with self.tx() as db:
-            await db.execute(
+    ) -> Device:
+        """Write what the device reported; returns the device as now stored (no read
+        back: the rest of the record is the caller's, read at authentication)."""
+        seen = now_ms()
+        services = _modes_text(chat_services)
+        async with self.engine.begin() as conn:
+            await conn.execute(
                 update(DeviceRow)
-                .where(DeviceRow.id == device_id)
+                .where(DeviceRow.id == device.id)
                 .values(
                     service_installed=service_installed,
                     service_enabled=service_enabled,
-                    chat_services=_modes_text(chat_services),
+                    chat_services=services,
                     name=name,
                     model=model,
                     os=os,
-                    last_seen_ms=now_ms(),
+                    last_seen_ms=seen,
                 )
             )
+        return replace(
+            device,
+            service_installed=service_installed,
+            service_enabled=service_enabled,
+            chat_services=_modes(services),
+            name=name,
+            model=model,
+            os=os,
+            last_seen_ms=seen,
+        )
 
-    async def touch_device(self, device_id: str) -> None:
-        async with self.tx() as db:
-            await db.execute(
-                update(DeviceRow).where(DeviceRow.id == device_id).values(last_seen_ms=now_ms())
-            )
+    async def revoked_among(self, device_ids: Collection[str]) -> list[str]:
+        """Which of these devices are revoked (the admin CLI revokes out of process).
 
-    async def revoked_among(self, device_ids: Sequence[str]) -> list[str]:
-        """Which of these devices are revoked (the admin CLI revokes out of process)."""
+        Asked every few seconds about every online device: the revoked ones are read
+        and intersected here, since an ``IN`` of 18,000 bound ids cost the event loop
+        tens of milliseconds to build each time, and revoked devices are few."""
         if not device_ids:
             return []
-        query = select(DeviceRow.id).where(DeviceRow.id.in_(list(device_ids)), DeviceRow.revoked)
-        async with self.tx() as db:
-            return list((await db.scalars(query)).all())
+        async with self.engine.connect() as conn:
+            revoked = (await conn.scalars(select(DeviceRow.id).where(DeviceRow.revoked))).all()
+        return [device_id for device_id in revoked if device_id in device_ids]
 
     async def revoke_device(self, device_id: str) -> None:
         async with self.tx() as db:
@@ -891,6 +957,9 @@ class Store:
         ttl_s: int,
         device_ids: Sequence[str],
     ) -> NotificationRow:
+        """The notification and one target row per device, in one transaction. The
+        targets go in as one executemany of SQLAlchemy Core, not ORM objects: for a
+        group of 10,000 the ORM's unit of work cost seconds of the loop (docs/scale.md)."""
         sent = now_ms()
         row = NotificationRow(
             id=new_id("ntf"),
@@ -901,25 +970,43 @@ class Store:
             sent_at_ms=sent,
             expires_at_ms=sent + ttl_s * 1000,
         )
-        async with self.tx() as db:
-            db.add(row)
-            await db.flush()
-            db.add_all(
-                NotificationTargetRow(
-                    notification_id=row.id,
-                    device_id=d,
-                    state=NotificationState.SENT.value,
-                    updated_at_ms=sent,
+        notes, targets = _table(NotificationRow), _table(NotificationTargetRow)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(notes).values(
+                    id=row.id,
+                    technician_id=technician_id,
+                    sender_name=sender_name,
+                    title=title,
+                    body=body,
+                    sent_at_ms=sent,
+                    expires_at_ms=row.expires_at_ms,
                 )
-                for d in device_ids
+            )
+            sent_state = NotificationState.SENT.value
+            await conn.execute(
+                insert(targets),
+                [
+                    {
+                        "notification_id": row.id,
+                        "device_id": device_id,
+                        "state": sent_state,
+                        "updated_at_ms": sent,
+                        "answer": None,
+                    }
+                    for device_id in device_ids
+                ],
             )
         return row
 
     async def pending_notifications(self, device_id: str) -> list[NotificationRow]:
         """Unexpired notifications the device has not read or answered yet: delivered
-        ones too, so a pop-up shown before the agent restarted is shown again."""
+        ones too, so a pop-up shown before the agent restarted is shown again.
+
+        Read on every device connect, so as plain rows (Core), handed out as detached
+        row objects (no session: nothing is loaded from them later)."""
         query = (
-            select(NotificationRow)
+            select(*NotificationRow.__table__.columns)
             .join(
                 NotificationTargetRow, NotificationTargetRow.notification_id == NotificationRow.id
             )
@@ -932,8 +1019,9 @@ class Store:
             )
             .order_by(NotificationRow.sent_at_ms)
         )
-        async with self.tx() as db:
-            return list((await db.scalars(query)).all())
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [NotificationRow(**row._mapping) for row in rows]
 
     async def notification_target(
         self, notification_id: str, device_id: str
@@ -949,23 +1037,61 @@ class Store:
         async with self.tx() as db:
             return await db.get(NotificationRow, notification_id) is not None
 
-    async def set_notification_state(
-        self, notification_id: str, device_id: str, state: NotificationState, answer: str | None
-    ) -> int:
-        at = now_ms()
-        async with self.tx() as db:
-            values: dict[str, Any] = {"state": state.value, "updated_at_ms": at}
-            if answer is not None:
-                values["answer"] = answer
-            await db.execute(
-                update(NotificationTargetRow)
-                .where(
-                    NotificationTargetRow.notification_id == notification_id,
-                    NotificationTargetRow.device_id == device_id,
+    async def write_batch(
+        self, progress: Sequence[ProgressWrite], last_seen: Mapping[str, int]
+    ) -> None:
+        """Notification progress and devices' last-seen times, in one transaction (one
+        executemany each): the write-behind's flush (signaling_server/writebehind.py).
+
+        Both only move forward, whatever order batches land in: a state is written
+        only over a lower one (a late ``delivered`` never undoes ``read``), and a
+        last-seen time only over an older one (a device that left and came back has a
+        newer one from its status report)."""
+        targets, devices = _table(NotificationTargetRow), _table(DeviceRow)
+        stored_rank = case(
+            {state.value: rank for state, rank in STATE_RANK.items()},
+            value=targets.c.state,
+            else_=-1,
+        )
+        async with self.engine.begin() as conn:
+            if progress:
+                await conn.execute(
+                    update(targets)
+                    .where(
+                        targets.c.notification_id == bindparam("b_notification"),
+                        targets.c.device_id == bindparam("b_device"),
+                        stored_rank < bindparam("b_rank"),
+                    )
+                    .values(
+                        state=bindparam("b_state"),
+                        updated_at_ms=bindparam("b_at"),
+                        answer=func.coalesce(bindparam("b_answer", type_=Text), targets.c.answer),
+                    ),
+                    [
+                        {
+                            "b_notification": p.notification_id,
+                            "b_device": p.device_id,
+                            "b_rank": STATE_RANK[p.state],
+                            "b_state": p.state.value,
+                            "b_at": p.at_ms,
+                            "b_answer": p.answer,
+                        }
+                        for p in progress
+                    ],
                 )
-                .values(**values)
-            )
-        return at
+            if last_seen:
+                await conn.execute(
+                    update(devices)
+                    .where(
+                        devices.c.id == bindparam("b_device"),
+                        or_(
+                            devices.c.last_seen_ms.is_(None),
+                            devices.c.last_seen_ms < bindparam("b_at"),
+                        ),
+                    )
+                    .values(last_seen_ms=bindparam("b_at")),
+                    [{"b_device": d, "b_at": at} for d, at in last_seen.items()],
+                )
 
     async def notification_history(
         self,
