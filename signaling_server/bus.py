@@ -46,6 +46,10 @@ NODES = "ls:nodes"
 #: presence and events, a traceback each).
 POOL_SIZE = 32
 POOL_WAIT_S = 30.0
+#: Opening a connection and waiting for a reply: redis-py's 5 s default was outlasted
+#: by a node's loop busy with 1,000 devices leaving at once on a loaded machine (its
+#: ``offline`` events lost). A Redis that is down refuses at once; this is for a slow one.
+SOCKET_TIMEOUT_S = 30.0
 
 
 def node_channel(node: str) -> str:
@@ -134,7 +138,12 @@ class RedisBus(LocalBus):
 
         self._handler = handler
         pool = aioredis.BlockingConnectionPool.from_url(
-            self.url, decode_responses=True, max_connections=POOL_SIZE, timeout=POOL_WAIT_S
+            self.url,
+            decode_responses=True,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT_S,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
         )
         self._redis = aioredis.Redis.from_pool(pool)
         try:
