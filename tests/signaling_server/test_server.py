@@ -54,6 +54,7 @@ from protocol.messages import (
     SignalSdp,
     StatusReport,
 )
+from signaling_server.store import Device
 from tests.conftest import Lab
 from tests.signaling_server.wire import (
     FINGERPRINT_A,
@@ -862,12 +863,12 @@ async def test_an_internal_failure_is_reported_and_the_connection_keeps_serving(
         real = lab.store.update_device_report
         calls = 0
 
-        async def failing_once(*args: object, **kwargs: object) -> None:
+        async def failing_once(*args: object, **kwargs: object) -> Device:
             nonlocal calls
             calls += 1
             if calls == 1:
                 raise RuntimeError("database went away")
-            await real(*args, **kwargs)  # type: ignore[arg-type]
+            return await real(*args, **kwargs)  # type: ignore[arg-type]
 
         monkeypatch.setattr(lab.store, "update_device_report", failing_once)
         report = StatusReport(service_installed=True, service_enabled=True, name="Tablet")
