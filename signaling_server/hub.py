@@ -730,7 +730,11 @@ class Hub:
             if device is not None:
                 await self._fan_out(device)
         if publish and self.bus.remote:
-            await self._bus_call(self.bus.publish_all({"k": "device", "device": device_id}))
+            event: Event = {"k": "device", "device": device_id}
+            if known is not None:
+                # Its group lets a node where nobody watches that group skip the read.
+                event["group"] = known.group_id
+            await self._bus_call(self.bus.publish_all(event))
 
     async def _fan_out(self, device: Device) -> None:
         """O(watchers): the index holds, per group, the subscribed consoles in scope."""
@@ -1790,6 +1794,8 @@ class Hub:
         kind = event.get("k")
         if kind == "device":
             device_id = str(event["device"])
+            if "group" in event:
+                self.remote_groups[device_id] = str(event["group"])
             session = self._session_of_device(device_id)
             if session is not None:
                 # Our session's device switched its service off on another node: the
