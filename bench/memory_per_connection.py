@@ -126,6 +126,19 @@ def _smaps_rss(name: str) -> int:
     return total
 
 
+def _cycles() -> dict[str, Any]:
+    """What only the garbage collector frees (objects in reference cycles), by type:
+    what the connections that left keep until a full collection."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        found = gc.collect()
+        kinds = Counter(type(o).__qualname__ for o in gc.garbage)
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(0)
+    return {"unreachable": found, "kinds": kinds.most_common(25)}
+
+
 def _arena_pins(start_arenas: set[int]) -> dict[str, Any]:
     """The objects the garbage collector tracks that sit in 1 MiB regions no such
     object sat in at start: what keeps pymalloc's arenas of the fleet alive (a
@@ -254,6 +267,8 @@ async def _serve(pipe: Pipe, layer: str, data: Path, trace: bool) -> None:
         elif command == "malloc_trim":
             ctypes.CDLL("libc.so.6").malloc_trim(0)
             pipe.send(heap())
+        elif command == "cycles":
+            pipe.send(_cycles())
         elif command == "pins":
             pipe.send(_arena_pins(start_arenas))
         elif command == "maps":
@@ -450,6 +465,8 @@ async def measure(layer: str, n: int, trace: bool, folder: Path, watch_s: float)
             after.append((round(time.monotonic() - left_at, 1), await _ask(server_pipe, "heap")))
         result["after_leaving"] = after
         result["trim_before_gc"] = await _ask(server_pipe, "malloc_trim")
+        if "--cycles" in sys.argv:
+            result["cycles"] = await _ask(server_pipe, "cycles")
         result["after_measure"] = await _ask(server_pipe, "measure")
         result["after_trim"] = await _ask(server_pipe, "trim")
         result["anon_maps"] = await _ask(server_pipe, "maps")
@@ -522,6 +539,13 @@ def report(r: dict[str, Any]) -> str:
         f"  malloc_trim before gc.collect: RSS {t['rss'] / kib / kib:.1f} MiB "
         f"({100 * (t['rss'] - start_rss) / start_rss:+.1f} % of start), arenas {t['py_arenas']}"
     )
+    if "cycles" in r:
+        c = r["cycles"]
+        lines.append(
+            f"  in reference cycles after they left: {c['unreachable'] / r['online']:.1f} "
+            "objects per connection: "
+            + ", ".join(f"{k} {n / r['online']:.2g}" for k, n in c["kinds"])
+        )
     t = r["after_trim"]
     lines.append(
         f"  after malloc_trim: RSS {t['rss'] / kib / kib:.1f} MiB "
@@ -550,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--layers", nargs="+", choices=LAYERS, default=list(LAYERS))
     parser.add_argument("--trace", action="store_true", help="tracemalloc in the server")
+    parser.add_argument("--cycles", action="store_true", help="what only gc frees, by type")
     parser.add_argument("--watch", type=float, default=20.0, help="seconds watched after")
     root = Path(__file__).resolve().parents[1]
     parser.add_argument("--folder", type=Path, default=root / "build" / "bench" / "memory")
