@@ -355,6 +355,28 @@ def _table(row: type[Base]) -> Table:
     return Base.metadata.tables[row.__tablename__]
 
 
+def _notification_target_query() -> Any:
+    notes, targets = _table(NotificationRow), _table(NotificationTargetRow)
+    return (
+        select(
+            notes,
+            targets.c.state.label("target_state"),
+            targets.c.updated_at_ms.label("target_updated_at_ms"),
+            targets.c.answer.label("target_answer"),
+        )
+        .join(targets, targets.c.notification_id == notes.c.id)
+        .where(
+            notes.c.id == bindparam("b_notification"),
+            targets.c.device_id == bindparam("b_device"),
+        )
+    )
+
+
+#: Built once: an acknowledgement's read (Store.notification_target) runs 10,000
+#: times after a big send, and building the statement was a third of its cost.
+_NOTIFICATION_TARGET = _notification_target_query()
+
+
 def _modes(text: str) -> tuple[Mode, ...]:
     return tuple(Mode(m) for m in text.split(",") if m)
 
@@ -1026,12 +1048,25 @@ class Store:
     async def notification_target(
         self, notification_id: str, device_id: str
     ) -> tuple[NotificationRow, NotificationTargetRow] | None:
-        async with self.tx() as db:
-            target = await db.get(NotificationTargetRow, (notification_id, device_id))
-            note = await db.get(NotificationRow, notification_id)
-            if target is None or note is None:
-                return None
-            return note, target
+        """The notification and this device's row of it, or None if it was not
+        addressed to the device. Read on every acknowledgement (10,000 after a big
+        send), so one Core query, not two ORM loads (~1 ms of CPU each time): the rows
+        come back detached, to be read, not changed."""
+        params = {"b_notification": notification_id, "b_device": device_id}
+        async with self.engine.connect() as conn:
+            found = (await conn.execute(_NOTIFICATION_TARGET, params)).first()
+        if found is None:
+            return None
+        values = found._mapping
+        note = NotificationRow(**{c.name: values[c] for c in _table(NotificationRow).columns})
+        target = NotificationTargetRow(
+            notification_id=notification_id,
+            device_id=device_id,
+            state=values["target_state"],
+            updated_at_ms=values["target_updated_at_ms"],
+            answer=values["target_answer"],
+        )
+        return note, target
 
     async def notification_exists(self, notification_id: str) -> bool:
         async with self.tx() as db:
