@@ -386,7 +386,8 @@ class Hub:
         A task cancelled inside a store call leaves SQLAlchemy terminating its
         connection in a shielded task of its own; if the store closed under that, the
         event loop could never finish. So tasks in flight (a session being ended on a
-        lost member) may finish first, and cancelled ones are awaited.
+        lost member) may finish first, and cancelled ones are awaited. Then what is
+        written behind (notification progress, last-seen times) is flushed.
         """
         for session in self.sessions.values():
             for handle in session.timers.values():
