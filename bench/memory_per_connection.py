@@ -239,6 +239,8 @@ async def _start(layer: str, data: Path) -> tuple[str, str, Any]:
     from signaling_server.server import RunningServer
 
     running = await RunningServer(ServerConfig(port=0, data_dir=data, advertise=False)).start()
+    if os.environ.get("MEMORY_BENCH_NO_FREEZE") is None:
+        limits.freeze_start_up()  # as signaling_server.server.serve does
     return running.url, running.fingerprint, running.stop
 
 
@@ -284,8 +286,12 @@ async def _serve(pipe: Pipe, layer: str, data: Path, trace: bool) -> None:
             marked["objects"] = _object_counts()
             pipe.send(marked)
         elif command == "measure":
+            began = time.perf_counter()
             gc.collect()
+            gc_ms = 1000 * (time.perf_counter() - began)
             answer: dict[str, Any] = heap()
+            answer["gc_ms"] = round(gc_ms, 1)
+            answer["gc_objects"] = len(gc.get_objects())
             answer["objects"] = _object_counts()
             if trace and snapshot is not None:
                 answer["traced"] = _traced_since(snapshot)
@@ -494,7 +500,8 @@ def report(r: dict[str, Any]) -> str:
         f"  Python: {per['py_blocks']:.1f} blocks/conn, pymalloc arenas "
         f"{r['start']['py_arenas']} -> {r['full']['py_arenas']} "
         f"({per['py_arenas'] * 1024:.2f} KiB/conn)",
-        f"  server CPU {per['cpu_ms']:.2f} ms per connect",
+        f"  server CPU {per['cpu_ms']:.2f} ms per connect; a full garbage collection "
+        f"with them connected took {r['full']['gc_ms']} ms ({r['full']['gc_objects']} objects)",
     ]
     if "traced" in r["full"]:
         total = sum(size for _, size in r["full"]["traced"])

@@ -73,18 +73,21 @@ def raise_open_files_to_hard() -> tuple[int, int]:
 TRIM_AFTER_LEAVING = 1000
 
 
-def trim_heap() -> None:
+def trim_heap(*, collect: bool = True) -> None:
     """Give the C heap's free pages back to the system (glibc's malloc_trim).
 
     Thousands of connections leave thousands of freed TLS states and buffers in the
     C heap (and in the arenas of the database threads); glibc keeps that memory
     mapped, so a server a fleet has left would keep its size at the fleet's peak.
 
-    A full garbage collection first: a closed connection leaves reference cycles
-    (aiohttp's protocol and handler, tasks, their exceptions) that only the oldest
-    generation's collection frees, which may not come for a long time; trimming
-    before it gave back a third less (measured: bench/memory_per_connection.py)."""
-    gc.collect()
+    ``collect``: a full garbage collection first. A closed connection leaves a
+    reference cycle (aiohttp's handler, request and websocket, the transports: ~31
+    objects) that only the oldest generation's collection frees, which may not come
+    for a long time; trimming before it gave back a third less (measured:
+    bench/memory_per_connection.py). It costs a stall of its own, though (~180 ms
+    with 2,000 connections held), in proportion to the objects still alive."""
+    if collect:
+        gc.collect()
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc: nothing to do
@@ -211,11 +214,32 @@ class OpenFilesGuard:
             # (measured), a stall every few seconds for every frame in flight. The
             # thread gives the GIL back between directory reads.
             self.sample(await asyncio.to_thread(count_open_files))
-            if self.peak - self.websockets >= TRIM_AFTER_LEAVING:
-                self.peak = self.websockets
-                for compact in self.before_trim:
-                    compact()
-                trim_heap()
+            self.trim_if_left()
+
+    def trim_if_left(self) -> None:
+        """Give memory back once ``TRIM_AFTER_LEAVING`` connections have left since
+        the last time: the tables the fleet grew, then the heap."""
+        left = self.peak - self.websockets
+        if left < TRIM_AFTER_LEAVING:
+            return
+        self.peak = self.websockets
+        for compact in self.before_trim:
+            compact()
+        # The full collection only once more have left than remain: a fleet leaving,
+        # not the churn of a big one, whose collection would stall the loop in
+        # proportion to the connections still held.
+        trim_heap(collect=left >= self.websockets)
+
+
+def freeze_start_up() -> None:
+    """Move every object alive now out of the garbage collector's sight (gc.freeze).
+
+    Called once the server is listening: the modules, the app and the store stay for
+    the process's life, yet every full collection traversed them again (half of one
+    collection's ~180 ms with 2,000 connections held). Garbage first, so none of it
+    is kept for good."""
+    gc.collect()
+    gc.freeze()
 
 
 #: The application's guard (a key of its own: this module, not appkeys, owns it).

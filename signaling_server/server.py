@@ -88,6 +88,9 @@ class RunningServer:
 async def serve(config: ServerConfig, *, ready_file: Path | None = None) -> None:
     """Run until SIGINT or SIGTERM."""
     server = await RunningServer(config).start()
+    # The server's own process only: a process hosting servers among other work
+    # (the tests) keeps its collector as it is.
+    limits.freeze_start_up()
     info = server.describe()
     print(f"Live Support server listening on {server.url}", flush=True)
     print(f"certificate fingerprint: {server.fingerprint}", flush=True)

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import ssl
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -154,3 +157,59 @@ async def test_the_server_issues_no_tls_session_tickets(lab: Lab) -> None:
         writer.close()
         with contextlib.suppress(ssl.SSLError, ConnectionError):
             await writer.wait_closed()
+
+
+def test_a_fleet_leaving_is_collected_and_trimmed_while_churn_is_only_trimmed() -> None:
+    """After 1,000 left: the tables rebuilt and the heap trimmed; the full garbage
+    collection only once more have left than remain (its stall grows with those)."""
+    guard = limits.OpenFilesGuard(limit=100_000)
+    compacted: list[int] = []
+    guard.before_trim.append(lambda: compacted.append(guard.websockets))
+    full_collections: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full_collections.append(guard.websockets)
+
+    gc.callbacks.append(seen)
+    gc.disable()  # no automatic collection in between: only the guard's count
+    try:
+        guard.peak, guard.websockets = 18_000, 17_500
+        guard.trim_if_left()  # 500 left: nothing yet
+        assert compacted == []
+        guard.websockets = 17_000  # 1,000 left, 17,000 remain: churn
+        guard.trim_if_left()
+        assert compacted == [17_000]
+        assert full_collections == []
+        assert guard.peak == 17_000
+        guard.websockets = 3_000  # most of the fleet gone
+        guard.trim_if_left()
+        assert compacted == [17_000, 3_000]
+        assert full_collections == [3_000]
+        guard.trim_if_left()  # nobody left since
+        assert compacted == [17_000, 3_000]
+    finally:
+        gc.enable()
+        gc.callbacks.remove(seen)
+
+
+def test_the_start_up_is_frozen_after_its_garbage_is_collected() -> None:
+    """In a process of its own, as ``serve`` does it (a test process keeps its
+    collector): garbage made before is freed, what lives is out of the collector's
+    sight."""
+    code = (
+        "import gc, weakref\n"
+        "from signaling_server import limits\n"
+        "class Node: pass\n"
+        "cycle = Node(); cycle.me = cycle; gone = weakref.ref(cycle); del cycle\n"
+        "gc.disable()\n"
+        "limits.freeze_start_up()\n"
+        "print(gone() is None, gc.get_freeze_count())\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    collected, frozen = done.stdout.split()
+    assert collected == "True"
+    assert int(frozen) > 10_000
