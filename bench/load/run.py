@@ -119,6 +119,10 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def clients_cpu_s(workers: list[WorkerHandle]) -> float:
+    return sum(cpu_s(w.process.pid) for w in workers if w.process.pid is not None)
+
+
 async def settled_rss(pid: int, deadline_s: float = 120.0) -> int:
     """The RSS once it stopped falling for three of the server's samples: it gives
     freed memory back on its own next sample (signaling_server/limits.py), and a
@@ -300,6 +304,7 @@ async def measure(run: Run) -> dict[str, Any]:
         # -- 2. connect -----------------------------------------------------------
         started = time.monotonic()
         cpu_before = cpu_s(server.process.pid)
+        clients_before = clients_cpu_s(workers)
         await asyncio.gather(*(w.ask("start") for w in workers))
         online = await asyncio.gather(
             *(w.ask("online", after=started, deadline_s=CONNECT_DEADLINE_S) for w in workers)
@@ -312,6 +317,11 @@ async def measure(run: Run) -> dict[str, Any]:
         # What one connect costs the server, whatever the clients' share of the cores.
         r["server_cpu_ms_per_connect"] = round(
             1000 * (cpu_s(server.process.pid) - cpu_before) / max(1, connected), 2
+        )
+        # The simulated devices' share of the same two cores: with the server's, the
+        # CPU one connect costs this machine, whatever the server does.
+        r["clients_cpu_ms_per_connect"] = round(
+            1000 * (clients_cpu_s(workers) - clients_before) / max(1, connected), 2
         )
         state = await wait_health(server, lambda s: s["devices_online"] >= connected, 30)
         r["held_by_server"] = state["devices_online"]
@@ -390,6 +400,7 @@ async def measure(run: Run) -> dict[str, Any]:
         rss_restart = rss_kib(server.process.pid)
         r["server_rss_restart_kib"] = rss_restart
         cpu_ready = cpu_s(server.process.pid)
+        clients_ready = clients_cpu_s(workers)
         back = await asyncio.gather(
             *(w.ask("online", after=killed_at, deadline_s=RECONNECT_DEADLINE_S) for w in workers)
         )
@@ -402,6 +413,9 @@ async def measure(run: Run) -> dict[str, Any]:
         r["restart_s"] = round(ready_at - killed_at, 2)
         r["server_cpu_ms_per_reconnect"] = round(
             1000 * (cpu_s(server.process.pid) - cpu_ready) / max(1, len(back_times)), 2
+        )
+        r["clients_cpu_ms_per_reconnect"] = round(
+            1000 * (clients_cpu_s(workers) - clients_ready) / max(1, len(back_times)), 2
         )
 
         # -- 6. the devices leave ------------------------------------------------
@@ -485,9 +499,16 @@ def rows(r: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:
         ),
         ("connect rate (devices/s)", r.get("connect_rate_per_s"), "(reported)", None),
         ("server CPU per connect (ms)", r.get("server_cpu_ms_per_connect"), "(reported)", None),
+        ("clients' CPU per connect (ms)", r.get("clients_cpu_ms_per_connect"), "(reported)", None),
         (
             "server CPU per reconnect (ms)",
             r.get("server_cpu_ms_per_reconnect"),
+            "(reported)",
+            None,
+        ),
+        (
+            "clients' CPU per reconnect (ms)",
+            r.get("clients_cpu_ms_per_reconnect"),
             "(reported)",
             None,
         ),
