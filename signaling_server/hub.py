@@ -1374,18 +1374,18 @@ class Hub:
     async def _on_notify_send(self, conn: Connection, msg: NotifySend) -> None:
         tech = conn.technician
         assert tech is not None
-        targets: dict[str, Device] = {}
+        # Ids only, in order and without repeats (a dict): a device both listed and
+        # in the group is notified once.
+        targets: dict[str, None] = {}
         for device_id in msg.device_ids:
             device = await self.store.device(device_id)
             if device is None or device.revoked:
                 raise LocalProtocolError(ErrorCode.NOT_FOUND, f"no device {device_id!r}")
             await self._authorize_target(conn, msg, device.group_id, device.id)
-            targets[device.id] = device
+            targets[device.id] = None
         if msg.group_id is not None:
             await self._authorize_target(conn, msg, msg.group_id, msg.group_id)
-            for device in await self.store.devices([msg.group_id]):
-                if not device.revoked:
-                    targets[device.id] = device
+            targets.update(dict.fromkeys(await self.store.device_ids(msg.group_id)))
         if not targets:
             raise LocalProtocolError(ErrorCode.INVALID_FIELD, "no device to notify")
         row = await self.store.create_notification(

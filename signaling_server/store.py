@@ -805,6 +805,13 @@ class Store:
             rows = (await conn.execute(query)).all()
         return [self._device(r) for r in rows]
 
+    async def device_ids(self, group_id: str) -> list[str]:
+        """The ids of a group's devices that are not revoked (a notification's
+        targets: a group of 10,000 needs no more than that)."""
+        query = select(DeviceRow.id).where(DeviceRow.group_id == group_id, ~DeviceRow.revoked)
+        async with self.engine.connect() as conn:
+            return list((await conn.scalars(query)).all())
+
     async def update_device_report(
         self,
         device: Device,

@@ -668,6 +668,8 @@ async def test_notifications_are_delivered_stored_and_acknowledged(lab: Lab) -> 
     async with clients(lab) as c:
         online, offline = await enrol(lab, name="Online"), await enrol(lab, name="Offline")
         desktop = await enrol(lab, lab.desktops, name="Desktop")
+        revoked = await enrol(lab, name="Revoked")
+        await lab.store.revoke_device(revoked.device_id)
         online_wire, desktop_wire = await c.device(online), await c.device(desktop)
         console = await c.console("tech")
 
@@ -675,6 +677,7 @@ async def test_notifications_are_delivered_stored_and_acknowledged(lab: Lab) -> 
             NotifySend(group_id=lab.tablets.id, title="Maintenance", body="Reboot tonight?")
         )
         assert isinstance(sent, NotifySent)
+        # The group's devices, a revoked one left out.
         assert set(sent.device_ids) == {online.device_id, offline.device_id}
         note_id = sent.notification_id
         delivered = await online_wire.expect(NotifyDeliver)
