@@ -20,7 +20,14 @@ over the next seconds, before and after ``malloc_trim``, against the RSS at star
 
 ``.venv/bin/python -m bench.memory_per_connection --devices 2000`` (``--layers
 server`` for ours only; ``--trace`` adds tracemalloc, which costs memory itself: its
-RSS figures are not the server's).
+RSS figures are not the server's; ``--cycles``: what only the garbage collector
+frees after the clients left; ``--holders``: what still refers to a connection's
+objects; ``--out``: everything as JSON, glibc's ``malloc_info`` included).
+
+Python's objects live in pymalloc's 1 MiB arenas, which go back to the system only
+once every object in them is gone; the C heap (OpenSSL, Python's objects over 512
+bytes) comes back with ``malloc_trim``. ``PYTHONMALLOC=malloc`` in the environment
+puts every Python object on the C heap, to compare.
 """
 
 from __future__ import annotations
@@ -124,6 +131,26 @@ def _smaps_rss(name: str) -> int:
         elif head[0] == "Rss:" and current == name:
             total += int(head[1]) * 1024
     return total
+
+
+def _holders(names: tuple[str, ...]) -> dict[str, Any]:
+    """For objects of these types still alive: what refers to them, two levels up."""
+    gc.collect()
+    found: dict[str, Any] = {}
+    for o in gc.get_objects():
+        name = type(o).__qualname__
+        if name not in names:
+            continue
+        entry = found.setdefault(name, {"alive": 0, "chains": Counter()})
+        entry["alive"] += 1
+        for r1 in gc.get_referrers(o):
+            if isinstance(r1, list) and r1 is not None and len(r1) > 1000:
+                continue
+            ups = [type(r2).__qualname__ for r2 in gc.get_referrers(r1)][:3]
+            entry["chains"][f"{type(r1).__qualname__} <- {ups}"] += 1
+    return {
+        k: {"alive": v["alive"], "chains": v["chains"].most_common(6)} for k, v in found.items()
+    }
 
 
 def _cycles() -> dict[str, Any]:
@@ -247,7 +274,7 @@ async def _start(layer: str, data: Path) -> tuple[str, str, Any]:
 def server_process(pipe: Pipe, layer: str, data: str, trace: bool) -> None:
     raise_open_files_limit(20_000)
     if trace:
-        tracemalloc.start(8)
+        tracemalloc.start(16)
     asyncio.run(_serve(pipe, layer, Path(data), trace))
 
 
@@ -269,6 +296,8 @@ async def _serve(pipe: Pipe, layer: str, data: Path, trace: bool) -> None:
         elif command == "malloc_trim":
             ctypes.CDLL("libc.so.6").malloc_trim(0)
             pipe.send(heap())
+        elif command == "holders":
+            pipe.send(_holders(("WSMessage", "RequestHandler", "WebSocketResponse", "TimerHandle")))
         elif command == "cycles":
             pipe.send(_cycles())
         elif command == "pins":
@@ -295,6 +324,7 @@ async def _serve(pipe: Pipe, layer: str, data: Path, trace: bool) -> None:
             answer["objects"] = _object_counts()
             if trace and snapshot is not None:
                 answer["traced"] = _traced_since(snapshot)
+                answer["traced_blocks"] = _traced_since(snapshot, blocks=True)
             pipe.send(answer)
         else:
             pipe.send(heap())
@@ -306,7 +336,7 @@ def _object_counts() -> list[tuple[str, int]]:
     return sorted(counts.items())
 
 
-def _traced_since(snapshot: tracemalloc.Snapshot) -> list[tuple[str, int]]:
+def _traced_since(snapshot: tracemalloc.Snapshot, blocks: bool = False) -> list[tuple[str, int]]:
     """Bytes allocated since ``snapshot`` and still held, by the first frame outside
     the standard library's generic machinery (what made the object)."""
     now = tracemalloc.take_snapshot()
@@ -314,13 +344,24 @@ def _traced_since(snapshot: tracemalloc.Snapshot) -> list[tuple[str, int]]:
     for stat in now.compare_to(snapshot, "traceback"):
         if stat.size_diff <= 0:
             continue
-        by[_who(stat.traceback)] += stat.size_diff
+        if blocks:  # by the project's own frame nearest the allocation, if any
+            by[_who_ours(stat.traceback)] += stat.count_diff
+        else:
+            by[_who(stat.traceback)] += stat.size_diff
     return by.most_common(30)
 
 
 def _who(traceback: tracemalloc.Traceback) -> str:
     frame = list(traceback)[-1]  # oldest first: the last frame allocated
     return f"{_short(frame.filename)}:{frame.lineno}"
+
+
+def _who_ours(traceback: tracemalloc.Traceback) -> str:
+    frames = list(traceback)
+    for frame in reversed(frames):
+        if "/work/main/signaling_server" in frame.filename:
+            return f"{_who(traceback)} <- {_short(frame.filename)}:{frame.lineno}"
+    return _who(traceback)
 
 
 def _short(filename: str) -> str:
@@ -422,7 +463,16 @@ async def _fleet(data: Path, n: int) -> list[tuple[str, bytes, str]]:
     return fleet
 
 
-async def measure(layer: str, n: int, trace: bool, folder: Path, watch_s: float) -> dict[str, Any]:
+async def measure(
+    layer: str,
+    n: int,
+    trace: bool,
+    folder: Path,
+    watch_s: float,
+    *,
+    cycles: bool = False,
+    holders: bool = False,
+) -> dict[str, Any]:
     data = folder / layer
     if data.exists():
         import shutil
@@ -471,7 +521,10 @@ async def measure(layer: str, n: int, trace: bool, folder: Path, watch_s: float)
             after.append((round(time.monotonic() - left_at, 1), await _ask(server_pipe, "heap")))
         result["after_leaving"] = after
         result["trim_before_gc"] = await _ask(server_pipe, "malloc_trim")
-        if "--cycles" in sys.argv:
+        if holders:
+            result["holders"] = await _ask(server_pipe, "holders")
+            print(json.dumps(result["holders"], indent=1))
+        if cycles:
             result["cycles"] = await _ask(server_pipe, "cycles")
         result["after_measure"] = await _ask(server_pipe, "measure")
         result["after_trim"] = await _ask(server_pipe, "trim")
@@ -564,6 +617,10 @@ def report(r: dict[str, Any]) -> str:
         lines.append(f"  tracemalloc after they left: {total / 1024:.0f} KiB held since start:")
         for who, size in r["after_measure"]["traced"][:15]:
             lines.append(f"    {size:10d} B  {who}")
+    if "traced_blocks" in r["after_measure"]:
+        lines.append("  blocks still held, allocated since start (each may pin an arena):")
+        for who, count in r["after_measure"]["traced_blocks"][:25]:
+            lines.append(f"    {count:7d}  {who}")
     lines.append("  objects left (vs start): " + _object_diff(r["start"], r["after_measure"], 1))
     return "\n".join(lines)
 
@@ -581,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--layers", nargs="+", choices=LAYERS, default=list(LAYERS))
     parser.add_argument("--trace", action="store_true", help="tracemalloc in the server")
+    parser.add_argument("--holders", action="store_true", help="who holds what is left")
     parser.add_argument("--cycles", action="store_true", help="what only gc frees, by type")
     parser.add_argument("--watch", type=float, default=20.0, help="seconds watched after")
     root = Path(__file__).resolve().parents[1]
@@ -590,7 +648,17 @@ def main(argv: list[str] | None = None) -> int:
     raise_open_files_limit(20_000)
     results = []
     for layer in args.layers:
-        r = asyncio.run(measure(layer, args.devices, args.trace, args.folder, args.watch))
+        r = asyncio.run(
+            measure(
+                layer,
+                args.devices,
+                args.trace,
+                args.folder,
+                args.watch,
+                cycles=args.cycles,
+                holders=args.holders,
+            )
+        )
         print(report(r), flush=True)
         results.append(r)
     if args.out is not None:
