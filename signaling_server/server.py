@@ -91,6 +91,8 @@ async def serve(config: ServerConfig, *, ready_file: Path | None = None) -> None
     # The server's own process only: a process hosting servers among other work
     # (the tests) keeps its collector as it is.
     limits.freeze_start_up()
+    assert server.app is not None
+    server.app[limits.OPEN_FILES].freezer = limits.FleetFreezer()
     info = server.describe()
     print(f"Live Support server listening on {server.url}", flush=True)
     print(f"certificate fingerprint: {server.fingerprint}", flush=True)

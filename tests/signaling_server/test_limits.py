@@ -213,3 +213,38 @@ def test_the_start_up_is_frozen_after_its_garbage_is_collected() -> None:
     collected, frozen = done.stdout.split()
     assert collected == "True"
     assert int(frozen) > 10_000
+
+
+def test_a_held_fleet_is_frozen_in_steps_and_its_garbage_collected_once_it_left() -> None:
+    """In a process of its own (freezing is process-wide): connections held are
+    frozen every ``step`` new ones; those that close leave their cycles frozen until
+    a quarter of the fleet has left, then one pass over everything frees them."""
+    code = (
+        "import gc, weakref\n"
+        "from signaling_server import limits\n"
+        "class Conn:\n"
+        "    def __init__(self): self.me = self\n"
+        "gc.disable()\n"
+        "freezer = limits.FleetFreezer(step=100)\n"
+        "held = [Conn() for _ in range(150)]\n"
+        "freezer.pace(len(held))\n"
+        "frozen = gc.get_freeze_count()\n"
+        "gone = [weakref.ref(c) for c in held]\n"
+        "freezer.pace(len(held))\n"  # no new step: nothing more frozen
+        "same = gc.get_freeze_count() == frozen\n"
+        "del held\n"
+        "gc.collect()\n"
+        "kept = sum(r() is not None for r in gone)\n"  # frozen: a collection skips them
+        "for _ in range(150): freezer.left()\n"
+        "freezer.pace(0)\n"
+        "freed = sum(r() is None for r in gone)\n"
+        "print(frozen > 150, same, kept, freed)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    frozen, same, kept, freed = done.stdout.split()
+    assert (frozen, same) == ("True", "True")
+    assert int(kept) == 150
+    assert int(freed) == 150
