@@ -16,7 +16,10 @@ Steps (one server process, ``livesupport server``, SQLite, under ``build/bench/l
    device of the group received it;
 5. the server killed (SIGKILL) and started again on the same port: the time from its
    ready file until every device authenticated again;
-6. the devices leave: the server's RSS against its RSS at start.
+6. the devices leave: the server's RSS against its RSS at start;
+7. the floor: 2,000 bare aiohttp TLS websockets held by a server that does nothing
+   else, their memory per connection and the server CPU per connect;
+8. the three-node step (bench/load/nodes.py).
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ TARGET_RECONNECT_S = 10.0
 TARGET_PROPAGATION_P99_MS = 10.0
 TARGET_NOTIFY_S = 5.0
 NOTIFY_GROUP = 10_000
+#: Connections of the floor (per-connection figures; more would only take longer).
+FLOOR_DEVICES = 2_000
 WATCHED = 100
 #: Deadlines (not targets): how long a step may take before the run gives up.
 CONNECT_DEADLINE_S = 600.0
@@ -469,6 +474,7 @@ def machine() -> str:
 def rows(r: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:
     """(figure, value, target, met) for the table."""
     n = r["devices"]
+    floor: dict[str, Any] = r.get("floor", {})
     full = n >= TARGET_CONNECTIONS
 
     def met(ok: bool) -> bool | None:
@@ -492,6 +498,18 @@ def rows(r: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:
             met(r.get("kib_per_connection", 1e9) <= TARGET_KIB_PER_CONNECTION),
         ),
         (
+            "  floor: bare aiohttp TLS websocket (KiB)",
+            floor.get("kib_per_connection"),
+            f"({floor.get('devices', 0):,} held)",
+            None,
+        ),
+        (
+            "  floor: asyncio TLS socket alone (KiB)",
+            floor.get("tls_kib_per_connection"),
+            f"({floor.get('devices', 0):,} held)",
+            None,
+        ),
+        (
             "memory after they left, vs start",
             f"{100 * r.get('memory_back_ratio', 0):+.1f} %",
             f"within {100 * TARGET_MEMORY_BACK:g} %",
@@ -499,6 +517,12 @@ def rows(r: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:
         ),
         ("connect rate (devices/s)", r.get("connect_rate_per_s"), "(reported)", None),
         ("server CPU per connect (ms)", r.get("server_cpu_ms_per_connect"), "(reported)", None),
+        (
+            "  floor: bare aiohttp TLS websocket (ms)",
+            floor.get("cpu_ms_per_connect"),
+            "(handshake + upgrade)",
+            None,
+        ),
         ("clients' CPU per connect (ms)", r.get("clients_cpu_ms_per_connect"), "(reported)", None),
         (
             "server CPU per reconnect (ms)",
@@ -570,6 +594,25 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+async def floor(folder: Path, n: int) -> dict[str, Any]:
+    """The floor under two figures: N bare aiohttp TLS websockets held by a server
+    that does nothing else (bench/memory_per_connection.py's ``wss`` layer, the same
+    TLS read buffer sharing): the memory one idle connection and the server CPU one
+    connect cost below anything of ours."""
+    from bench import memory_per_connection as layers
+
+    measured = await layers.measure("wss", n, False, folder / "floor", watch_s=0.0)
+    per = measured["per_connection"]
+    # Below aiohttp: asyncio's TLS transport holding the socket, and nothing else.
+    bare = await layers.measure("tls", n, False, folder / "floor", watch_s=0.0)
+    return {
+        "devices": measured["online"],
+        "kib_per_connection": round(per["rss"] / 1024, 2),
+        "cpu_ms_per_connect": round(per["cpu_ms"], 2),
+        "tls_kib_per_connection": round(bare["per_connection"]["rss"] / 1024, 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__)
     parser.add_argument("--devices", type=int, default=TARGET_CONNECTIONS)
@@ -584,9 +627,17 @@ def main(argv: list[str] | None = None) -> int:
         default=3_000,
         help="the three-node step's fleet (bench/load/nodes.py); 0: no three-node step",
     )
+    parser.add_argument(
+        "--floor-devices",
+        type=int,
+        default=FLOOR_DEVICES,
+        help="connections of the bare aiohttp TLS websocket floor; 0: no floor",
+    )
     args = parser.parse_args(argv)
     run = Run(args.devices, args.processes, args.consoles, args.probes, args.folder)
     results = asyncio.run(measure(run))
+    if args.floor_devices > 0:
+        results["floor"] = asyncio.run(floor(args.folder, args.floor_devices))
     if args.nodes_devices > 0:
         from bench.load import nodes  # it builds on this module
 

@@ -31,8 +31,15 @@ async def test_the_load_tester_runs_every_step_and_reports_every_figure(tmp_path
         "notify_s",
         "reconnect_s",
         "memory_back_ratio",
+        "server_cpu_ms_per_connect",
+        "clients_cpu_ms_per_connect",
+        "server_cpu_ms_per_reconnect",
     ):
         assert isinstance(results[figure], float | int), figure
+    results["floor"] = await run.floor(tmp_path, 40)
+    assert results["floor"]["devices"] == 40
+    for figure in ("kib_per_connection", "cpu_ms_per_connect", "tls_kib_per_connection"):
+        assert isinstance(results["floor"][figure], float | int), figure
     table = run.table(results)
     for name, *_ in run.rows(results):
         assert name in table
