@@ -242,14 +242,19 @@ async def time_probes(
     *,
     first: int = 0,
     deadline_s: float = 30.0,
+    slowest: list[dict[str, float]] | None = None,
 ) -> dict[str, list[float]]:
     """Probe devices of the watched group report a new name one after another (their
     worker in ``owner``); the latency of each arrival at each console, in ms, from the
     probe's send (device process) to its arrival (console process), per console
-    worker. Probes are numbered from ``first``: arrivals of earlier ones are left out."""
+    worker. Probes are numbered from ``first``: arrivals of earlier ones are left out.
+    ``slowest`` receives the 10 probes whose last arrival took longest, with the wall
+    time of their send (to find them in a server's log)."""
     sent: dict[int, float] = {}
+    wall: dict[int, float] = {}
     for seq in range(first, first + probes):
         device_id = watched[seq % len(watched)]
+        wall[seq] = time.time()
         sent[seq] = await owner[device_id].ask("probe", device_id=device_id, seq=seq)
         await asyncio.sleep(0.05)  # one probe at a time: latency, not throughput
     heard: dict[str, dict[int, list[float]]] = {}
@@ -262,6 +267,20 @@ async def time_probes(
         if sum(len(ts) for h in heard.values() for ts in h.values()) >= probes * console_count:
             break
         await asyncio.sleep(0.2)
+    if slowest is not None:
+        last = {
+            seq: max((t for h in heard.values() for t in h.get(seq, ())), default=0.0)
+            for seq in sent
+        }
+        worst = sorted(sent, key=lambda seq: last[seq] - sent[seq], reverse=True)[:10]
+        slowest.extend(
+            {
+                "sent_at": round(wall[seq], 3),
+                "probe": seq,
+                "ms": round((last[seq] - sent[seq]) * 1000, 1),
+            }
+            for seq in worst
+        )
     return {
         name: [(t - sent[seq]) * 1000 for seq, ts in h.items() for t in ts]
         for name, h in heard.items()
@@ -354,7 +373,11 @@ async def measure(run: Run) -> dict[str, Any]:
                     )
                 )
         await asyncio.gather(*(c.ask("start") for c in consoles))
-        per_worker = await time_probes(owner, consoles, setup["watched"], run.probes, run.consoles)
+        slowest: list[dict[str, float]] = []
+        per_worker = await time_probes(
+            owner, consoles, setup["watched"], run.probes, run.consoles, slowest=slowest
+        )
+        r["slowest_probes"] = slowest
         latencies = [ms for each in per_worker.values() for ms in each]
         r["probes"] = run.probes
         r["probe_arrivals"] = len(latencies)
@@ -484,7 +507,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:
     notify_s = r.get("notify_s")
     reconnect_s = r.get("reconnect_s")
     errors = r.get("client_errors", 0) + r.get("server_errors", 0)
-    return [
+    figures = [
         (
             "idle device connections held",
             r.get("held_by_server"),
@@ -571,6 +594,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:
         ("errors (clients + server log)", errors, "0", errors == 0),
         *(nodes_rows(r["nodes"]) if "nodes" in r else []),
     ]
+    # The floor's rows only when it was measured (--floor-devices 0: not).
+    return [f for f in figures if floor or not f[0].lstrip().startswith("floor:")]
 
 
 def nodes_rows(r: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import os
 import socket
 import ssl
@@ -23,7 +24,7 @@ from peer.signaling import pinned, ws_url
 from signaling_server import limits
 from signaling_server.app import SOCKETS
 from tests.conftest import Lab
-from tests.signaling_server.wire import clients, enrol, hub_of
+from tests.signaling_server.wire import clients, enrol, hub_of, small_lab
 
 
 def test_the_guard_warns_at_90_percent_and_refuses_before_the_cap(
@@ -84,6 +85,23 @@ async def test_health_counts_open_websockets(lab: Lab) -> None:
                 holding = await r.json()
         assert holding["open_files_near_cap"] is False
         assert holding["open_files"] >= holding["connections"] >= 1
+
+
+async def test_each_websocket_pings_on_its_own_schedule(tmp_path: Path) -> None:
+    """aiohttp rounds a timer longer than 5 s up to a whole second unless told not
+    to: every connection's 20 s heartbeat fell on the same instant (~900 pings in one
+    loop iteration every second with 18,000 held). The server tells it not to."""
+    async with small_lab(tmp_path, heartbeat_s=20.0) as lab, aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(ws_url(lab.url), ssl=pinned(lab.fingerprint))
+        try:
+            await ws.receive_str(timeout=10)  # the challenge: the socket is held
+            assert lab.server.app is not None
+            (server_side,) = lab.server.app[SOCKETS]
+            # aiohttp's own attribute: when the next ping goes out (loop time).
+            when = getattr(server_side, "_heartbeat_when")  # noqa: B009
+            assert when != math.ceil(when)
+        finally:
+            await ws.close()
 
 
 class _Held(asyncio.Protocol):
