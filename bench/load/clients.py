@@ -113,7 +113,7 @@ class DeviceWorker(Worker):
         self.tasks: list[asyncio.Task[None]] = []
         self.gate = asyncio.Semaphore(CONNECTS_IN_FLIGHT)
         self.error_count = 0
-        self.failures: list[tuple[float, str]] = []
+        self.failures: list[tuple[float, str, str]] = []
         self.backoff = Backoff()
 
     def start(self) -> None:
@@ -124,25 +124,31 @@ class DeviceWorker(Worker):
         attempt = 0
         rng = random.Random()
         while not self.stopping:
+            # A failed attempt counts from when it began: one refused while the server
+            # was down may be noticed after it listens again (this loop is busy).
+            began: float | None = None
             try:
                 async with self.gate:
+                    began = time.monotonic()
                     ws = await self._authenticate(device)
+                began = None
                 attempt = 0
                 await self._read(device, ws)
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                self._failed(device, exc)
+                self._failed(device, exc, began)
             if not self.stopping:
                 await asyncio.sleep(self.backoff.delay(attempt, rng))
                 attempt += 1
 
-    def _failed(self, device: SimDevice, exc: BaseException) -> None:
-        """A failed attempt or a lost link, noted with when it happened: the
-        orchestrator tells those a restart causes from errors."""
+    def _failed(self, device: SimDevice, exc: BaseException, began: float | None) -> None:
+        """A failed attempt (``began``: when) or a lost link (now), noted with its
+        time: the orchestrator tells those a restart causes from errors."""
         if self.stopping:
             return
         self.error_count += 1
         device.errors += 1
-        self.failures.append((time.monotonic(), type(exc).__name__))
+        at = began if began is not None else time.monotonic()
+        self.failures.append((at, type(exc).__name__, str(exc)[:200]))
         self.error(f"{device.device_id}: {type(exc).__name__}: {exc}")
 
     async def _authenticate(self, device: SimDevice) -> aiohttp.ClientWebSocketResponse:

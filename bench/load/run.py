@@ -455,9 +455,14 @@ async def measure(run: Run) -> dict[str, Any]:
         r["links_lost_to_the_restart"] = len(restart)
         r["client_errors"] = len(failures) - len(restart)
         r["client_error_kinds"] = dict(
-            Counter(kind for at, kind in failures if not killed_at <= at <= ready_at)
+            Counter(kind for at, kind, _ in failures if not killed_at <= at <= ready_at)
         )
-        r["client_error_examples"] = [e for c in closed for e in c["examples"]][:5]
+        # The errors themselves (not the restart's lost links), seconds after ready.
+        r["client_error_examples"] = [
+            f"{at - ready_at:+.1f} s: {kind}: {what}"
+            for at, kind, what in sorted(failures)
+            if not killed_at <= at <= ready_at
+        ][:10]
         await wait_health(server, lambda s: s["connections"] == 0, 60)
         rss_left = await settled_rss(server.process.pid)
         r["server_rss_left_kib"] = rss_left
