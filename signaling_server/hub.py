@@ -86,6 +86,7 @@ from signaling_server.bus import Event, LocalBus, make_bus
 from signaling_server.config import ServerConfig
 from signaling_server.store import (
     STATE_RANK,
+    Conflict,
     Device,
     NotificationRow,
     SessionRow,
@@ -936,21 +937,28 @@ class Hub:
         # Made before the session is registered: an invite that could not be sent
         # must not leave a session behind that the device never heard of.
         invite = self._invite(session)
+        # Stored first: the store is where a start on another node in the same
+        # instant (or a second console here) meets this one; one of them gets in.
+        try:
+            await self.store.record_live_session(
+                SessionRow(
+                    id=session.id,
+                    technician_id=tech.id,
+                    device_id=device.id,
+                    offered_mode=msg.mode.value,
+                    reason=msg.reason,
+                    state=SessionState.INVITED.value,
+                    created_at_ms=session.created_at_ms,
+                ),
+                offered,
+            )
+        except Conflict:
+            raise LocalProtocolError(
+                ErrorCode.CONFLICT, "the device already has a session"
+            ) from None
         self.sessions[session.id] = session
         self.device_sessions[device.id] = session.id
         await self._publish_session(session)
-        await self.store.record_live_session(
-            SessionRow(
-                id=session.id,
-                technician_id=tech.id,
-                device_id=device.id,
-                offered_mode=msg.mode.value,
-                reason=msg.reason,
-                state=SessionState.INVITED.value,
-                created_at_ms=session.created_at_ms,
-            ),
-            offered,
-        )
         await self.store.audit(
             tech.id,
             "session.start",

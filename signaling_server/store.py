@@ -43,6 +43,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -200,10 +201,16 @@ class LiveSessionRow(Base):
     """What a session still open needs beyond its metadata row to survive a restart
     of the server: the modes offered and the DTLS fingerprints of the current call
     (the consent receipt must bind them). The row goes when the session ends, so the
-    table lists exactly the sessions a starting server takes back."""
+    table lists exactly the sessions a starting server takes back.
+
+    ``device_id`` is unique: a device has one live session, whichever node started
+    it. Two starts in the same instant (two nodes, or two consoles on one node) both
+    pass their own checks; the database lets one row in (``record_live_session``)."""
 
     __tablename__ = "live_sessions"
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    #: Null only in rows written before the column existed.
+    device_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
     offered_modes: Mapped[str] = mapped_column(String(32))
     offer_fingerprint: Mapped[str | None] = mapped_column(String(128), nullable=True)
     answer_fingerprint: Mapped[str | None] = mapped_column(String(128), nullable=True)
@@ -395,6 +402,20 @@ def _add_relay_only_column(conn: Connection) -> None:
         )
 
 
+def _add_live_session_device_column(conn: Connection) -> None:
+    """A database made before live sessions named their device gets the column and
+    its unique index (its rows keep a null: they were started before, one a device)."""
+    columns = {c["name"] for c in inspect(conn).get_columns("live_sessions")}
+    if "device_id" not in columns:
+        conn.execute(text("ALTER TABLE live_sessions ADD COLUMN device_id VARCHAR(64)"))
+        conn.execute(
+            text(
+                "CREATE UNIQUE INDEX IF NOT EXISTS uq_live_sessions_device_id "
+                "ON live_sessions (device_id)"
+            )
+        )
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     """WAL: readers do not wait for the writer. synchronous=NORMAL: a commit is no
     fsync (the log is synced at checkpoints); a power cut may lose the last commits,
@@ -423,6 +444,7 @@ class Store:
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
             await conn.run_sync(_add_relay_only_column)
+            await conn.run_sync(_add_live_session_device_column)
         return store
 
     async def close(self) -> None:
@@ -884,17 +906,24 @@ class Store:
 
     async def record_live_session(self, row: SessionRow, offered_modes: Sequence[Mode]) -> None:
         """A new session: its metadata and what resuming it after a restart needs,
-        in one transaction (a restart between the two must not lose either)."""
-        async with self.tx() as db:
-            await db.merge(row)
-            await db.flush()
-            await db.merge(
-                LiveSessionRow(
-                    session_id=row.id,
-                    # In the order offered (the invite lists them so), not Mode's.
-                    offered_modes=",".join(m.value for m in offered_modes),
+        in one transaction (a restart between the two must not lose either).
+
+        Raises Conflict, and stores nothing, if the device has a live session already
+        (started elsewhere in the same instant: see LiveSessionRow)."""
+        try:
+            async with self.tx() as db:
+                db.add(row)
+                await db.flush()
+                db.add(
+                    LiveSessionRow(
+                        session_id=row.id,
+                        device_id=row.device_id,
+                        # In the order offered (the invite lists them so), not Mode's.
+                        offered_modes=",".join(m.value for m in offered_modes),
+                    )
                 )
-            )
+        except IntegrityError:
+            raise Conflict("the device already has a session") from None
 
     async def set_live_fingerprints(
         self, session_id: str, offer: str | None, answer: str | None

@@ -197,3 +197,40 @@ async def test_a_session_of_a_device_revoked_meanwhile_is_closed_at_start_up(
         assert row.state == SessionState.CLOSED.value
         assert row.closed_at_ms is not None
         assert await second.store.live_sessions() == []
+
+
+async def test_a_database_from_before_gets_the_live_sessions_device_column(
+    tmp_path: Path,
+) -> None:
+    """A live_sessions table made before its rows named their device gets the column
+    and its unique index on open; its old rows (a null device) stay and load."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE sessions (id VARCHAR(64) PRIMARY KEY, technician_id VARCHAR(64), "
+            "device_id VARCHAR(64), offered_mode VARCHAR(8), accepted_mode VARCHAR(8), "
+            "reason VARCHAR(500), state VARCHAR(16), created_at_ms BIGINT, "
+            "accepted_at_ms BIGINT, closed_at_ms BIGINT, end_reason VARCHAR(32), "
+            "consent_receipt TEXT, summary TEXT)"
+        )
+        old.execute(
+            "CREATE TABLE live_sessions (session_id VARCHAR(64) PRIMARY KEY "
+            "REFERENCES sessions (id), offered_modes VARCHAR(32), "
+            "offer_fingerprint VARCHAR(128), answer_fingerprint VARCHAR(128))"
+        )
+        old.execute(
+            "INSERT INTO sessions VALUES ('ses-old', 'tech-1', 'dev-1', 'text', NULL, 'r', "
+            "'invited', 1, NULL, NULL, NULL, NULL, NULL)"
+        )
+        old.execute("INSERT INTO live_sessions VALUES ('ses-old', 'text', NULL, NULL)")
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        (row, live), *_ = await store.live_sessions()
+        assert (row.id, live.device_id) == ("ses-old", None)
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as migrated:
+        indexes = migrated.execute("PRAGMA index_list(live_sessions)").fetchall()
+    assert any(index[1] == "uq_live_sessions_device_id" and index[2] == 1 for index in indexes)

@@ -642,6 +642,41 @@ async def test_unavailable_devices_conflicts_and_forbidden_modes(lab: Lab) -> No
         assert invitation.offered_modes == (Mode.TEXT,)
 
 
+async def test_two_starts_in_the_same_instant_give_the_device_one_session(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both pass their checks before either is registered (two nodes, or two consoles
+    of one, each awaiting the store): the store's unique live session per device lets
+    one in, the other is refused, and the device hears one invite."""
+    async with clients(lab) as c:
+        device = await enrol(lab)
+        wire = await c.device(device)
+        tech, supervisor = await c.console("tech"), await c.console("super")
+        # The instant made exact: each start's device read waits for the other's.
+        both_read = asyncio.Barrier(2)
+        real_device = lab.store.device
+
+        async def read_together(device_id: str) -> Device | None:
+            found = await real_device(device_id)
+            await asyncio.wait_for(both_read.wait(), 5)
+            return found
+
+        monkeypatch.setattr(lab.store, "device", read_together)
+        replies = await asyncio.gather(
+            tech.request(start(device, Mode.TEXT)), supervisor.request(start(device, Mode.TEXT))
+        )
+        refused = [r for r in replies if isinstance(r, Error)]
+        started = [r for r in replies if isinstance(r, SessionUpdate)]
+        assert len(started) == 1, replies
+        assert len(refused) == 1, replies
+        assert refused[0].code is ErrorCode.CONFLICT
+        assert [r.id for r in await lab.store.sessions()] == [started[0].session_id]
+        invite = await wire.expect(SessionInvite)
+        assert invite.session_id == started[0].session_id
+        await wire.round_trip()
+        assert not wire.pending(SessionInvite)
+
+
 async def test_switching_the_service_off_ends_the_session(lab: Lab) -> None:
     async with clients(lab) as c:
         device = await enrol(lab)
