@@ -228,6 +228,16 @@ def test_a_fleet_leaving_is_collected_and_trimmed_while_churn_is_only_trimmed() 
         gc.callbacks.remove(seen)
 
 
+def _printed_by_own_process(code: str) -> list[str]:
+    """What ``code`` prints, run by a Python of its own: the collector's freezing is
+    process-wide, and the test process keeps its collector as it is."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    return done.stdout.split()
+
+
 def test_the_start_up_is_frozen_after_its_garbage_is_collected() -> None:
     """In a process of its own, as ``serve`` does it (a test process keeps its
     collector): garbage made before is freed, what lives is out of the collector's
@@ -241,11 +251,7 @@ def test_the_start_up_is_frozen_after_its_garbage_is_collected() -> None:
         "limits.freeze_start_up()\n"
         "print(gone() is None, gc.get_freeze_count())\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
-    )
-    collected, frozen = done.stdout.split()
+    collected, frozen = _printed_by_own_process(code)
     assert collected == "True"
     assert int(frozen) > 10_000
 
@@ -275,11 +281,7 @@ def test_a_held_fleet_is_frozen_in_steps_and_its_garbage_collected_once_it_left(
         "freed = sum(r() is None for r in gone)\n"
         "print(frozen > 150, same, kept, freed)\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
-    )
-    frozen, same, kept, freed = done.stdout.split()
+    frozen, same, kept, freed = _printed_by_own_process(code)
     assert (frozen, same) == ("True", "True")
     assert int(kept) == 150
     assert int(freed) == 150
