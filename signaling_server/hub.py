@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import itertools
 import logging
 import math
@@ -268,6 +269,8 @@ class Hub:
         #: Notification progress and last-seen times, written in batches.
         self.writes = WriteBehind(store)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Set by shutdown(): no new background task after it (see _spawn).
+        self._shut_down = False
         self._handlers: dict[type[Message], Handler] = {
             StatusReport: self._on_status_report,
             DevicesSubscribe: self._on_subscribe,
@@ -390,6 +393,7 @@ class Hub:
         lost member) may finish first, and cancelled ones are awaited. Then what is
         written behind (notification progress, last-seen times) is flushed.
         """
+        self._shut_down = True
         for session in self.sessions.values():
             for handle in session.timers.values():
                 handle.cancel()
@@ -728,7 +732,9 @@ class Hub:
         known = device or (online.device if online is not None else None)
         # Nobody here watches its group: no read, no frame (most devices, most times).
         if known is None or self._watchers_of(known.group_id):
-            device = device or await self.store.device(device_id)
+            # A device online here is known (its record as authenticated, kept
+            # current by its reports and policy changes): read only the others.
+            device = known or await self.store.device(device_id)
             if device is not None:
                 await self._fan_out(device)
         if publish and self.bus.remote:
@@ -1332,6 +1338,14 @@ class Hub:
     # -- grace periods for lost members ---------------------------------------------
 
     def _spawn(self, coro: Awaitable[None]) -> None:
+        if self._shut_down:
+            # The store closes next: a member's handler finishing late (a lost
+            # console's grace, a timer) must not start store work under it; such work
+            # was left waiting on a closed connection, then destroyed with the loop.
+            if inspect.iscoroutine(coro):
+                coro.close()
+            return
+
         async def run() -> None:
             try:
                 await coro

@@ -52,6 +52,10 @@ class _Progress:
     on_written: list[OnWritten] = field(default_factory=list)
 
 
+class WriteBehindClosed(Exception):
+    """A durable write asked for after the last flush (the server is stopping)."""
+
+
 class WriteBehind:
     def __init__(
         self,
@@ -72,6 +76,8 @@ class WriteBehind:
         #: entry per device of the fleet, whatever the rate of disconnects.
         self._last_seen: dict[str, int] = {}
         self._flusher: asyncio.Task[None] | None = None
+        #: Set by close(): no flush starts after it.
+        self._closed = False
         self._full = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -108,6 +114,9 @@ class WriteBehind:
         an answer is kept). With ``durable``, return once it is committed, and raise
         if its write failed. ``on_written`` runs (in the flusher) once it is committed,
         never if its write failed: what is told of it is stored."""
+        if self._closed:
+            # After the last flush (the server is stopping): nothing would write it.
+            raise WriteBehindClosed("the server is stopping; the state was not stored")
         while len(self._progress) >= self.pending_max:
             self._full.set()
             self._room.clear()
@@ -142,7 +151,11 @@ class WriteBehind:
             await asyncio.shield(self._flusher)
 
     async def close(self) -> None:
-        """Flush before the store closes (Hub.shutdown)."""
+        """Flush before the store closes (Hub.shutdown). Nothing starts a flush after
+        this: a connection whose handler ends late (during the shutdown) would write on
+        a store being closed, the write left waiting on a closed connection; its
+        last-seen time is lost, as a crash would lose it."""
+        self._closed = True
         await self.flush()
 
     # -- the flusher -----------------------------------------------------------------
@@ -150,7 +163,7 @@ class WriteBehind:
     def _wake(self) -> None:
         if self.pending >= self.batch_max:
             self._full.set()
-        if self._flusher is None:
+        if self._flusher is None and not self._closed:
             # One task, only while there is something to write: an idle server has
             # no timer for this.
             self._flusher = asyncio.get_running_loop().create_task(self._run(), name="write-behind")
