@@ -102,6 +102,10 @@ class SessionHost:
                 except ProtocolError as exc:
                     log.error("bad frame from the session process: %s", exc.code.value)
                     continue
+                except ConnectionError:
+                    # The process exited with frames of ours unread: its end of the
+                    # link was reset, not closed. The same end of the link as EOF.
+                    break
                 if message is None:
                     break
                 try:
