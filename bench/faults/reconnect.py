@@ -186,7 +186,10 @@ async def storm(
             )
             await server.stop()
     after_ready = [max(0.0, t - ready_at) for t in back]
-    buckets = Counter(int((t - ready_at) // BUCKET_S) for t in back)
+    # A device may be back a moment before the ready file (the server listens, then
+    # freezes its start-up and writes the file): it counts in the first bucket, as
+    # its time counts as 0 above.
+    buckets = Counter(max(0, int((t - ready_at) // BUCKET_S)) for t in back)
     # Connection attempts once the new server listened: the load the fleet offers it.
     tried = Counter(
         int((t - ready_at) // BUCKET_S)
