@@ -51,13 +51,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
 
-from bench.faults._restartable import raise_open_files_limit
+from bench.faults._restartable import insert_devices, raise_open_files_limit, raw_private_key
 from bench.load.clients import CONNECTS_IN_FLIGHT, Worker, device_process
 from signaling_server import limits, tls
 from signaling_server.config import ServerConfig
-from signaling_server.store import DeviceRow, Store, new_id
+from signaling_server.store import Store
 
 LAYERS = ("tls", "ws", "wss", "server")
 
@@ -433,34 +432,14 @@ async def _ask(pipe: Pipe, message: Any, timeout_s: float = 900.0) -> Any:
 
 
 async def _fleet(data: Path, n: int) -> list[tuple[str, bytes, str]]:
-    from protocol import identity
-
     store = await Store.open(ServerConfig(data_dir=data).database_url)
     try:
         group = await store.create_group("Fleet")
-        fleet = []
-        async with store.tx() as db:
-            for i in range(n):
-                key = identity.generate_key()
-                device_id = new_id("dev")
-                db.add(
-                    DeviceRow(
-                        id=device_id,
-                        name=f"Fleet {i:05d}",
-                        group_id=group.id,
-                        public_key=identity.public_key_b64(key),
-                        enrolled_at_ms=int(time.time() * 1000),
-                    )
-                )
-                raw = key.private_bytes(
-                    serialization.Encoding.Raw,
-                    serialization.PrivateFormat.Raw,
-                    serialization.NoEncryption(),
-                )
-                fleet.append((device_id, raw, f"Fleet {i:05d}"))
+        devices = await insert_devices(store, group, n)
     finally:
         await store.close()
-    return fleet
+    # The names they are stored with: their status report changes nothing.
+    return [(d, raw_private_key(key), f"Fleet {i:04d}") for i, (d, key) in enumerate(devices)]
 
 
 async def measure(

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from cryptography.hazmat.primitives import serialization
+
 from protocol import identity
 from protocol.enrolment import EnrolmentCode
 from protocol.enums import Role
@@ -189,25 +191,41 @@ async def bulk_devices(server: ServerProcess, group: Group, n: int) -> list[tupl
     """N devices with real Ed25519 keys, inserted in one transaction of the store's
     own (enrolling a thousand devices through tokens would time the enrolment, not
     the reconnect). Returns (device id, private key) pairs."""
+    store = await open_store(server)
+    try:
+        return await insert_devices(store, group, n)
+    finally:
+        await store.close()
+
+
+async def insert_devices(store: Store, group: Group, n: int) -> list[tuple[str, Any]]:
+    """``bulk_devices`` on a store already open: (device id, private key) pairs."""
     keys = [identity.generate_key() for _ in range(n)]
     ids = [new_id("dev") for _ in range(n)]
     now = int(time.time() * 1000)
-    store = await open_store(server)
-    try:
-        async with store.tx() as db:
-            for i, (device_id, key) in enumerate(zip(ids, keys, strict=True)):
-                db.add(
-                    DeviceRow(
-                        id=device_id,
-                        name=f"Fleet {i:04d}",
-                        group_id=group.id,
-                        public_key=identity.public_key_b64(key),
-                        enrolled_at_ms=now,
-                    )
+    async with store.tx() as db:
+        for i, (device_id, key) in enumerate(zip(ids, keys, strict=True)):
+            db.add(
+                DeviceRow(
+                    id=device_id,
+                    name=f"Fleet {i:04d}",
+                    group_id=group.id,
+                    public_key=identity.public_key_b64(key),
+                    enrolled_at_ms=now,
                 )
-    finally:
-        await store.close()
+            )
     return list(zip(ids, keys, strict=True))
+
+
+def raw_private_key(key: Any) -> bytes:
+    """A device's Ed25519 key as raw bytes, to hand to a worker process."""
+    return bytes(
+        key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+    )
 
 
 def raise_open_files_limit(wanted: int) -> int:

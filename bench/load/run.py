@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from cryptography.hazmat.primitives import serialization
 
 from bench.faults._restartable import (
     PASSWORD,
@@ -48,6 +47,7 @@ from bench.faults._restartable import (
     bulk_devices,
     open_store,
     raise_open_files_limit,
+    raw_private_key,
 )
 from bench.load.clients import console_process, device_process
 from peer.signaling import pinned, ws_url
@@ -196,11 +196,7 @@ async def make_fleet(run: Run, server: ServerProcess) -> dict[str, Any]:
         if n <= 0:
             continue
         for device_id, key in await bulk_devices(server, group, n):
-            raw = key.private_bytes(
-                serialization.Encoding.Raw,
-                serialization.PrivateFormat.Raw,
-                serialization.NoEncryption(),
-            )
+            raw = raw_private_key(key)
             fleet.append((device_id, raw, f"{group.name} {len(fleet)}", group.id))
     return {
         "fleet": fleet,
