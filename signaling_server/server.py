@@ -61,6 +61,10 @@ class RunningServer:
             timeout_ceil_threshold=HEARTBEATS_UNROUNDED_BELOW_S,
         )
         await self.runner.setup()
+        # aiohttp's count of the site's connections, closing ones included.
+        connections = self.runner.server
+        assert connections is not None
+        self.app[limits.OPEN_FILES].tcp_connections = lambda: len(connections.connections)
         site = web.TCPSite(
             self.runner,
             config.host,

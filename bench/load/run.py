@@ -459,7 +459,14 @@ async def measure(run: Run) -> dict[str, Any]:
             for at, kind, what in sorted(failures)
             if not killed_at <= at <= ready_at
         ][:10]
-        await wait_health(server, lambda s: s["connections"] == 0, 60)
+        # Until their TCP connections closed too (TLS shutdowns end up to 30 s after the
+        # websockets): this health request's own is the one left.
+        left_at = time.monotonic()
+        gone = await wait_health(
+            server, lambda s: s["connections"] == 0 and s["tcp_connections"] <= 1, 90
+        )
+        r["connections_closed_s"] = round(time.monotonic() - left_at, 1)
+        r["tcp_connections_left"] = gone["tcp_connections"] - 1
         rss_left = await settled_rss(server.process.pid)
         r["server_rss_left_kib"] = rss_left
         # Against the restarted process at its start: the devices that came back

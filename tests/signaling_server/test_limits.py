@@ -85,6 +85,8 @@ async def test_health_counts_open_websockets(lab: Lab) -> None:
                 holding = await r.json()
         assert holding["open_files_near_cap"] is False
         assert holding["open_files"] >= holding["connections"] >= 1
+        # The websocket's connection and this request's, counted by aiohttp.
+        assert holding["tcp_connections"] >= 2
 
 
 async def test_each_websocket_pings_on_its_own_schedule(tmp_path: Path) -> None:
@@ -194,9 +196,10 @@ async def test_the_server_issues_no_tls_session_tickets(lab: Lab) -> None:
             await writer.wait_closed()
 
 
-def test_a_fleet_leaving_is_collected_and_trimmed_while_churn_is_only_trimmed() -> None:
-    """After 1,000 left: the tables rebuilt and the heap trimmed; the full garbage
-    collection only once more have left than remain (its stall grows with those)."""
+def test_a_fleet_leaving_to_its_last_is_collected_and_trimmed_while_churn_is_only_trimmed() -> None:
+    """After 1,000 left, or the last ones however few: the tables rebuilt and the heap
+    trimmed; the full garbage collection only once more have left than remain (its
+    stall grows with those)."""
     guard = limits.OpenFilesGuard(limit=100_000)
     compacted: list[int] = []
     guard.before_trim.append(lambda: compacted.append(guard.websockets))
@@ -223,9 +226,35 @@ def test_a_fleet_leaving_is_collected_and_trimmed_while_churn_is_only_trimmed() 
         assert full_collections == [3_000]
         guard.trim_if_left()  # nobody left since
         assert compacted == [17_000, 3_000]
+        guard.websockets = 300
+        guard.trim_if_left()
+        guard.websockets = 0  # the last 300: fewer than 1,000, yet the fleet is gone
+        guard.trim_if_left()
+        assert compacted == [17_000, 3_000, 300, 0]
+        assert full_collections == [3_000, 300, 0]
+        guard.trim_if_left()  # nobody there, nobody left since
+        assert compacted == [17_000, 3_000, 300, 0]
     finally:
         gc.enable()
         gc.callbacks.remove(seen)
+
+
+def test_a_connection_closing_after_its_websocket_is_released_is_still_held() -> None:
+    """Its memory (TLS state, aiohttp's handler) goes with its TCP connection, up to a
+    TLS shutdown time-out after the websocket: collected before, it would be frozen as
+    garbage no later pass sees. The trim waits for it."""
+    guard = limits.OpenFilesGuard(limit=100_000)
+    closing = 18_000
+    guard.tcp_connections = lambda: closing
+    compacted: list[int] = []
+    guard.before_trim.append(lambda: compacted.append(guard.held()))
+    guard.peak, guard.websockets = 18_000, 0  # every websocket released, none closed
+    guard.trim_if_left()
+    assert compacted == []
+    assert guard.stats()["tcp_connections"] == 18_000
+    closing = 0
+    guard.trim_if_left()
+    assert compacted == [0]
 
 
 def _printed_by_own_process(code: str) -> list[str]:
