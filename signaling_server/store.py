@@ -834,8 +834,8 @@ class Store:
         async with self.engine.connect() as conn:
             return list((await conn.scalars(query)).all())
 
-    async def update_device_report(
-        self,
+    @staticmethod
+    def reported(
         device: Device,
         *,
         service_installed: bool,
@@ -845,34 +845,36 @@ class Store:
         model: str,
         os: str,
     ) -> Device:
-        """Write what the device reported; returns the device as now stored (no read
-        back: the rest of the record is the caller's, read at authentication)."""
-        seen = now_ms()
-        services = _modes_text(chat_services)
+        """The device as it reported itself now (nothing written: see
+        ``update_device_report``)."""
+        return replace(
+            device,
+            service_installed=service_installed,
+            service_enabled=service_enabled,
+            chat_services=_modes(_modes_text(chat_services)),
+            name=name,
+            model=model,
+            os=os,
+            last_seen_ms=now_ms(),
+        )
+
+    async def update_device_report(self, device: Device) -> None:
+        """Write what the device reported (``reported``'s record); the rest of the
+        record is the caller's, read at authentication, and is not written."""
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(DeviceRow)
                 .where(DeviceRow.id == device.id)
                 .values(
-                    service_installed=service_installed,
-                    service_enabled=service_enabled,
-                    chat_services=services,
-                    name=name,
-                    model=model,
-                    os=os,
-                    last_seen_ms=seen,
+                    service_installed=device.service_installed,
+                    service_enabled=device.service_enabled,
+                    chat_services=_modes_text(device.chat_services),
+                    name=device.name,
+                    model=device.model,
+                    os=device.os,
+                    last_seen_ms=device.last_seen_ms,
                 )
             )
-        return replace(
-            device,
-            service_installed=service_installed,
-            service_enabled=service_enabled,
-            chat_services=_modes(services),
-            name=name,
-            model=model,
-            os=os,
-            last_seen_ms=seen,
-        )
 
     async def revoked_among(self, device_ids: Collection[str]) -> list[str]:
         """Which of these devices are revoked (the admin CLI revokes out of process).

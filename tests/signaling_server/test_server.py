@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -890,6 +891,51 @@ async def test_stopping_the_server_closes_every_socket_at_once(tmp_path: Path) -
         assert await asyncio.gather(*closing) == [CloseCode.GOING_AWAY] * 2
 
 
+async def test_consoles_hear_a_report_before_it_is_written_and_are_put_back_if_it_is_not(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write is off a status change's way to the consoles of this node; a report
+    the store refused does not stay on their screens, and the device hears so."""
+    async with clients(lab) as c:
+        device = await enrol(lab)
+        wire = await c.device(device)
+        await wire.report(name="Before")
+        console = await c.console("tech")
+        await console.ok(DevicesSubscribe())
+        real = lab.store.update_device_report
+        release = asyncio.Event()
+        fail = True
+
+        async def held_then_failing(reported: Device) -> None:
+            await release.wait()  # the console must hear of it meanwhile
+            if fail:
+                raise RuntimeError("database went away")
+            await real(reported)
+
+        monkeypatch.setattr(lab.store, "update_device_report", held_then_failing)
+
+        def named(name: str) -> Callable[[DeviceUpdate], bool]:
+            return lambda u: u.device.device_id == device.device_id and u.device.name == name
+
+        await wire.send(StatusReport(service_installed=True, service_enabled=True, name="After"))
+        await console.expect(DeviceUpdate, where=named("After"))  # the write still held
+        release.set()
+        await wire.expect_error(ErrorCode.INTERNAL)
+        await console.expect(DeviceUpdate, where=named("Before"))
+        stored = await lab.store.device(device.device_id)
+        assert stored is not None
+        assert stored.name == "Before"
+
+        fail = False
+        await wire.report(name="After")  # stored this time, and not put back
+        stored = await lab.store.device(device.device_id)
+        assert stored is not None
+        assert stored.name == "After"
+        await console.expect(DeviceUpdate, where=named("After"))
+        await settled(console)
+        assert not [u for u in console.pending(DeviceUpdate) if u.device.name == "Before"]
+
+
 async def test_an_internal_failure_is_reported_and_the_connection_keeps_serving(
     lab: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -901,12 +947,12 @@ async def test_an_internal_failure_is_reported_and_the_connection_keeps_serving(
         real = lab.store.update_device_report
         calls = 0
 
-        async def failing_once(*args: object, **kwargs: object) -> Device:
+        async def failing_once(reported: Device) -> None:
             nonlocal calls
             calls += 1
             if calls == 1:
                 raise RuntimeError("database went away")
-            return await real(*args, **kwargs)  # type: ignore[arg-type]
+            await real(reported)
 
         monkeypatch.setattr(lab.store, "update_device_report", failing_once)
         report = StatusReport(service_installed=True, service_enabled=True, name="Tablet")
