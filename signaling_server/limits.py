@@ -135,35 +135,46 @@ def open_files_counted_by_size() -> bool:
 
 @dataclass
 class FleetFreezer:
-    """Keeps the objects of the connections a server holds out of the garbage
-    collector's full passes (``gc.freeze``), in the server's own process only.
+    """Keeps what a server holds out of the garbage collector's full passes
+    (``gc.freeze``), in the server's own process only.
 
     A full collection walks every tracked object: with 18,000 connections held
-    (~200 objects each) one stalls the loop for about a second, and Python runs one
-    each time a quarter more objects have survived, many times over a connect storm.
-    Connections held are long-lived by nature, so every ``step`` new ones everything
-    alive is frozen. Freezing is a list splice, no pass: collecting first was itself
-    a stall (100-200 ms a step, measured at 18,000), and what garbage is frozen with
-    the fleet (what the last automatic collections had not reached: a few thousand
-    objects a step, measured) waits, like the cycles of frozen connections that
-    close (~31 aiohttp and asyncio objects each), for ``collect_all``: one pass over
-    everything once a quarter of the frozen fleet has left (the collector's own
-    proportion), or when a fleet leaves (``OpenFilesGuard.trim_if_left``)."""
+    (~200 objects each) one stalls the loop for about a second. Freezing the fleet
+    as it connected was not enough: every heartbeat (each connection's, every 20 s)
+    replaces the objects a waiting connection holds (its read's future, its timers,
+    the coroutines' state), which live until the next one, so survive the young
+    collections; Python then ran a full pass each time a quarter more had survived,
+    every few seconds, over all of them (80-350 ms each with 18,000 held, measured:
+    the slowest status changes to consoles waited on them). So every ``interval_s``,
+    while ``min_held`` connections or more are held, the young generations are
+    collected (their garbage freed: ~1 ms) and everything alive is frozen (a list
+    splice). What dies later by its reference count is freed as usual; a cycle that
+    becomes garbage once frozen (a closed connection leaves ~31 aiohttp and asyncio
+    objects in cycles) waits for ``collect_all``: one pass over everything once a
+    quarter of the frozen fleet has left (the collector's own proportion), or when a
+    fleet leaves (``OpenFilesGuard.trim_if_left``)."""
 
-    step: int = 500
+    min_held: int = 500
+    interval_s: float = 1.0
     #: Connections held at the last freeze, and closed since.
     frozen_held: int = 0
     left_since: int = 0
 
     def pace(self, held: int) -> None:
-        """Called every few seconds with the connections held now."""
-        if self.left_since >= max(self.step, self.frozen_held // 4):
+        """Called every ``interval_s`` with the connections held now."""
+        if self.left_since >= max(self.min_held, self.frozen_held // 4):
             self.collect_all(held)
             # What that pass freed stays mapped (glibc) until trimmed.
             trim_heap(collect=False)
-        elif held - self.frozen_held >= self.step:
+        elif held >= self.min_held:
+            gc.collect(1)
             gc.freeze()
             self.frozen_held = held
+
+    async def run(self, guard: OpenFilesGuard) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            self.pace(guard.websockets)
 
     def left(self) -> None:
         self.left_since += 1
@@ -294,8 +305,6 @@ class OpenFilesGuard:
                 counted = await asyncio.to_thread(count_open_files)
                 self.sample(counted, held)
             self.trim_if_left()
-            if self.freezer is not None:
-                self.freezer.pace(self.websockets)
 
     def trim_if_left(self) -> None:
         """Give memory back once ``TRIM_AFTER_LEAVING`` connections have left since

@@ -109,7 +109,9 @@ async def serve(config: ServerConfig, *, ready_file: Path | None = None) -> None
     # (the tests) keeps its collector as it is.
     limits.freeze_start_up()
     assert server.app is not None
-    server.app[limits.OPEN_FILES].freezer = limits.FleetFreezer()
+    guard = server.app[limits.OPEN_FILES]
+    guard.freezer = limits.FleetFreezer()
+    freezing = asyncio.create_task(guard.freezer.run(guard), name="fleet-freezer")
     info = server.describe()
     print(f"Live Support server listening on {server.url}", flush=True)
     print(f"certificate fingerprint: {server.fingerprint}", flush=True)
@@ -124,4 +126,5 @@ async def serve(config: ServerConfig, *, ready_file: Path | None = None) -> None
     try:
         await stop.wait()
     finally:
+        freezing.cancel()
         await server.stop()

@@ -285,32 +285,37 @@ def test_the_start_up_is_frozen_after_its_garbage_is_collected() -> None:
     assert int(frozen) > 10_000
 
 
-def test_a_held_fleet_is_frozen_in_steps_and_its_garbage_collected_once_it_left() -> None:
-    """In a process of its own (freezing is process-wide): connections held are
-    frozen every ``step`` new ones; those that close leave their cycles frozen until
-    a quarter of the fleet has left, then one pass over everything frees them."""
+def test_a_held_fleet_is_frozen_young_garbage_first_and_collected_once_it_left() -> None:
+    """In a process of its own (freezing is process-wide): while enough connections
+    are held, each pace collects the young generations, then freezes what is alive,
+    so garbage made since is freed, not frozen; connections that close leave their
+    cycles frozen until a quarter of the fleet has left, then one pass over
+    everything frees them. Fewer held than ``min_held``: nothing frozen."""
     code = (
         "import gc, weakref\n"
         "from signaling_server import limits\n"
         "class Conn:\n"
         "    def __init__(self): self.me = self\n"
         "gc.disable()\n"
-        "freezer = limits.FleetFreezer(step=100)\n"
+        "freezer = limits.FleetFreezer(min_held=100)\n"
+        "few = [Conn() for _ in range(50)]\n"
+        "freezer.pace(len(few))\n"
+        "none_frozen = gc.get_freeze_count() == 0\n"
         "held = [Conn() for _ in range(150)]\n"
+        "young_garbage = Conn(); dead = weakref.ref(young_garbage); del young_garbage\n"
         "freezer.pace(len(held))\n"
         "frozen = gc.get_freeze_count()\n"
+        "garbage_freed = dead() is None\n"
         "gone = [weakref.ref(c) for c in held]\n"
-        "freezer.pace(len(held))\n"  # no new step: nothing more frozen
-        "same = gc.get_freeze_count() == frozen\n"
         "del held\n"
         "gc.collect()\n"
         "kept = sum(r() is not None for r in gone)\n"  # frozen: a collection skips them
         "for _ in range(150): freezer.left()\n"
         "freezer.pace(0)\n"
         "freed = sum(r() is None for r in gone)\n"
-        "print(frozen > 150, same, kept, freed)\n"
+        "print(none_frozen, frozen > 150, garbage_freed, kept, freed)\n"
     )
-    frozen, same, kept, freed = _printed_by_own_process(code)
-    assert (frozen, same) == ("True", "True")
+    none_frozen, frozen, garbage_freed, kept, freed = _printed_by_own_process(code)
+    assert (none_frozen, frozen, garbage_freed) == ("True", "True", "True")
     assert int(kept) == 150
     assert int(freed) == 150
