@@ -38,6 +38,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import logging
 import multiprocessing
 import os
 import ssl
@@ -171,7 +172,7 @@ def _arena_pins(start_arenas: set[int]) -> dict[str, Any]:
     hint: strings and numbers are not tracked)."""
     gc.collect()
     pinned: dict[int, Counter[str]] = {}
-    for o in gc.get_objects():
+    for o in _all_tracked():
         region = id(o) >> 20
         if region not in start_arenas:
             pinned.setdefault(region, Counter())[type(o).__qualname__] += 1
@@ -179,6 +180,179 @@ def _arena_pins(start_arenas: set[int]) -> dict[str, Any]:
     for counts in pinned.values():
         kinds.update(counts)
     return {"regions": len(pinned), "kinds": kinds.most_common(20)}
+
+
+#: pymalloc in 3.11 (64-bit): pools of 16 KiB in arenas of 1 MiB; a pool's header
+#: holds the index of its arena at this offset (after ref, freeblock, nextpool, prevpool).
+POOL_SIZE = 16 * 1024
+_ARENAINDEX_AT = 32
+SMALL_REQUEST = 512
+_MANAGED_DICT = 1 << 4  # Py_TPFLAGS_MANAGED_DICT
+
+
+def _arena_of(o: object) -> int | None:
+    """The index of the pymalloc arena ``o`` sits in, or None when it is not in one
+    (too big for pymalloc, or static). Read from its pool's header; a header whose
+    size class does not fit the object is not a pool's, and gives None."""
+    size = sys.getsizeof(o)
+    if size > SMALL_REQUEST - 32:
+        return None
+    pool = id(o) & ~(POOL_SIZE - 1)
+    index, size_class, _, max_next = (ctypes.c_uint * 4).from_address(pool + _ARENAINDEX_AT)
+    block = 16 * (size_class + 1)
+    # Static objects (in the interpreter's data) have no pool: what precedes them
+    # is anything, so the header must be a pool's header for this object's size.
+    if not size <= block <= size + 48 or max_next != POOL_SIZE - block:
+        return None
+    return int(index)
+
+
+def _reachable() -> list[Any]:
+    """Every object the collector tracks (frozen included), and the untracked ones
+    they refer to (strings, numbers, bytes, tuples and dicts of atoms), once each."""
+    seen: set[int] = set()
+    found: list[Any] = []
+    stack = list(_all_tracked())
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or o is seen or o is found or o is stack:
+            continue
+        seen.add(id(o))
+        found.append(o)
+        for r in gc.get_referents(o):
+            if id(r) not in seen and not gc.is_tracked(r):
+                stack.append(r)
+    return found
+
+
+def _site(tb: tracemalloc.Traceback, depth: int = 4) -> str:
+    """Where a block was made: the allocating frame, then the nearest frames of the
+    project's own code (or the next library frames when none)."""
+    frames = list(tb)[::-1]  # newest first
+    out = [f"{_short(frames[0].filename)}:{frames[0].lineno}"]
+    ours = [f for f in frames[1:] if "/work/main/" in f.filename and "/.venv/" not in f.filename]
+    rest = ours or frames[1:]
+    out += [f"{_short(f.filename)}:{f.lineno}" for f in rest[: depth - 1]]
+    return " <- ".join(out)
+
+
+def _referrer_chain(o: object, ours: set[int], depth: int = 8) -> str:
+    """What refers to ``o``, and to that, ``depth`` levels up (the first referrer at
+    each level that is not this analysis's own; a dict shows the key it is under)."""
+    # No closures below: a generator naming ``current`` would hold it in a cell.
+    chain: list[str] = []
+    current: Any = o
+    skip = set(ours)
+    frame_type = type(sys._getframe())
+    for _ in range(depth):
+        found = gc.get_referrers(current)
+        skip.add(id(found))
+        holder = None
+        for r in found:
+            if id(r) not in skip and type(r) is not frame_type:
+                holder = r
+                break
+        del found
+        if holder is None:
+            break
+        label = type(holder).__qualname__
+        if isinstance(holder, dict):
+            key = None
+            for k, v in holder.items():
+                if v is current:
+                    key = k
+                    break
+            label += f"[{str(key)[:40]!r}]" if key is not None else "(as a key)"
+        chain.append(label)
+        skip.add(id(current))
+        current = holder
+    return " <- ".join(chain)
+
+
+def _arenas_of(objects: list[Any]) -> set[int]:
+    return {a for o in objects if (a := _arena_of(o)) is not None}
+
+
+def _short_repr(o: object) -> str:
+    """A tuple by the types it holds (its values are often per-connection), else
+    the start of its value."""
+    if isinstance(o, tuple):
+        return (
+            "(" + ", ".join(type(x).__qualname__ for x in o[:4]) + (", ...)" if len(o) > 4 else ")")
+        )
+    return repr(o)[:40]
+
+
+def _survivors(trace: bool, start_arenas: set[int]) -> dict[str, Any]:
+    """What the fleet made that is still held once it left.
+
+    ``blocks`` (tracemalloc on since start-up only): pymalloc's blocks (at most 512
+    bytes) traced since start-up, by site. ``fleet_arena_*``: the objects found in the
+    arenas that held no object at start-up (``start_arenas``: read from each object's
+    pool header), by type and, when traced, site: what pins the fleet's arenas. A
+    short value is shown for strings, numbers and bytes (their type says little)."""
+    gc.collect()
+    blocks: Counter[str] = Counter()
+    small = 0
+    if trace:
+        snap = tracemalloc.take_snapshot()
+        # Not what this analysis allocates itself.
+        snap = snap.filter_traces([tracemalloc.Filter(False, __file__, all_frames=True)])
+        for t in snap.traces:
+            if t.size <= SMALL_REQUEST:
+                small += 1
+                blocks[_site(t.traceback)] += 1
+    fleet: dict[int, list[str]] = {}
+    examples: dict[str, list[str]] = {}
+    one_of: dict[str, Any] = {}
+    values: Counter[str] = Counter()
+    for o in _reachable():
+        arena = _arena_of(o)
+        if arena is None or arena in start_arenas:
+            continue
+        kind = type(o).__qualname__
+        if isinstance(o, str | bytes | int | float | tuple):
+            kind += f" {_short_repr(o)}"
+        tb = tracemalloc.get_object_traceback(o) if trace else None
+        if tb is not None and any(f.filename == __file__ for f in tb):
+            continue
+        what = kind + (f" @ {_site(tb)}" if tb is not None else "")
+        fleet.setdefault(arena, []).append(what)
+        if len(examples.setdefault(what, [])) < 4:
+            examples[what].append(repr(o)[:60])
+        if isinstance(o, tuple) and all(isinstance(x, str | int) for x in o):
+            values[repr(o)[:60]] += 1
+        if what not in one_of:
+            one_of[what] = o
+    holders: dict[str, str] = {}
+    frozen = gc.get_freeze_count()
+    gc.unfreeze()
+    try:
+        ours = {id(one_of), id(fleet), id(examples)}
+        for what, _ in Counter(w for objs in fleet.values() for w in objs).most_common(12):
+            holders[what] = _referrer_chain(one_of[what], ours)
+    finally:
+        if frozen:
+            gc.freeze()
+    pins: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    for objs in fleet.values():
+        for what in objs:
+            pins[what] += 1
+            kinds[what.split(" ", 1)[0]] += 1
+    return {
+        "small_blocks": small,
+        "blocks": blocks.most_common(40),
+        "start_arenas": len(start_arenas),
+        "fleet_arenas": len(fleet),
+        "fleet_arena_objects": sum(len(v) for v in fleet.values()),
+        "fleet_arena_kinds": kinds.most_common(25),
+        "fleet_arena_pins": pins.most_common(60),
+        "examples": {what: examples[what] for what, _ in pins.most_common(60)},
+        "holders": holders,
+        "atom_tuples": values.most_common(20),
+        "fleet_arena_sizes": sorted(len(v) for v in fleet.values()),
+    }
 
 
 def _anon_maps() -> list[tuple[int, int, int]]:
@@ -237,6 +411,7 @@ async def _ws_echo(request: web.Request) -> web.WebSocketResponse:
 
 async def _start(layer: str, data: Path) -> tuple[str, str, Any]:
     """Start ``layer``; returns its url, certificate pin and a stop coroutine function."""
+    global _running
     limits.share_tls_read_buffer()
     identity, _ = tls.load_or_create(data)
     context = identity.server_context()
@@ -266,14 +441,65 @@ async def _start(layer: str, data: Path) -> tuple[str, str, Any]:
 
     running = await RunningServer(ServerConfig(port=0, data_dir=data, advertise=False)).start()
     if os.environ.get("MEMORY_BENCH_NO_FREEZE") is None:
-        limits.freeze_start_up()  # as signaling_server.server.serve does
+        # The memory path of signaling_server.server.serve: start-up frozen, the fleet
+        # frozen as it grows, and the open-files watcher's trim (with its full pass
+        # over the frozen fleet) once the TCP connections have closed.
+        limits.freeze_start_up()
+        assert running.app is not None
+        guard = running.app[limits.OPEN_FILES]
+        guard.freezer = limits.FleetFreezer()
+        freezing = asyncio.create_task(guard.freezer.run(guard), name="fleet-freezer")
+
+        async def stop_all() -> None:
+            freezing.cancel()
+            await running.stop()
+
+        _running = running
+        return running.url, running.fingerprint, stop_all
+    _running = running
     return running.url, running.fingerprint, running.stop
+
+
+#: Our server, in its own process (the ``server`` layer), for ``--relocate``.
+_running: Any = None
+
+
+async def _relocate() -> list[tuple[str, int]]:
+    """Experiments: long-lived things the fleet made, dropped one after the other
+    (each then remade on use), with the arenas left after each (full collection
+    first): which of them pin the fleet's arenas."""
+    from signaling_server.appkeys import STORE
+
+    steps: list[tuple[str, int]] = [("before", pymalloc_arenas())]
+
+    def step(name: str) -> None:
+        gc.collect()
+        steps.append((name, pymalloc_arenas()))
+
+    sys._clear_type_cache()
+    step("type attribute cache cleared")
+    store = _running.app[STORE] if _running is not None else None
+    if store is not None:
+        store.engine.sync_engine._compiled_cache.clear()
+        step("SQLAlchemy compiled cache cleared")
+        await store.engine.dispose()
+        step("database pool disposed")
+    import abc
+
+    for cls in _all_tracked():
+        if isinstance(cls, abc.ABCMeta):
+            cls._abc_caches_clear()  # type: ignore[attr-defined]
+    step("abc caches cleared")
+    return steps
 
 
 def server_process(pipe: Pipe, layer: str, data: str, trace: bool) -> None:
     raise_open_files_limit(20_000)
-    if trace:
-        tracemalloc.start(16)
+    # The watcher's "memory given back" line: when the server's own trim ran.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("server: %(message)s"))
+    logging.getLogger("signaling_server.limits").addHandler(handler)
+    logging.getLogger("signaling_server.limits").setLevel(logging.INFO)
     asyncio.run(_serve(pipe, layer, Path(data), trace))
 
 
@@ -283,6 +509,7 @@ async def _serve(pipe: Pipe, layer: str, data: Path, trace: bool) -> None:
     pipe.send({"url": url, "fingerprint": fingerprint})
     snapshot: tracemalloc.Snapshot | None = None
     start_arenas: set[int] = set()
+    start_pools_arenas: set[int] = set()
     while True:
         command = await loop.run_in_executor(None, pipe.recv)
         if command == "stop":
@@ -295,6 +522,10 @@ async def _serve(pipe: Pipe, layer: str, data: Path, trace: bool) -> None:
         elif command == "malloc_trim":
             ctypes.CDLL("libc.so.6").malloc_trim(0)
             pipe.send(heap())
+        elif command == "relocate":
+            pipe.send(await _relocate())
+        elif command == "survivors":
+            pipe.send(_survivors(trace, start_pools_arenas))
         elif command == "holders":
             pipe.send(_holders(("WSMessage", "RequestHandler", "WebSocketResponse", "TimerHandle")))
         elif command == "cycles":
@@ -307,12 +538,18 @@ async def _serve(pipe: Pipe, layer: str, data: Path, trace: bool) -> None:
             pipe.send(malloc_info())
         elif command == "mark":
             gc.collect()
-            if trace:
-                snapshot = tracemalloc.take_snapshot()
-            start_arenas = {id(o) >> 20 for o in gc.get_objects()}
             marked: dict[str, Any] = heap()
             marked["objects"] = _object_counts()
+            start_arenas = {id(o) >> 20 for o in _all_tracked()}
+            start_pools_arenas = _arenas_of(_reachable())
+            gc.collect()
+            if trace:
+                # Traced from here on: a block with a traceback was made after start-up.
+                tracemalloc.start(16)
+                snapshot = tracemalloc.take_snapshot()
             pipe.send(marked)
+            # Not kept: made with the fleet in its arenas, it would keep one.
+            del marked
         elif command == "measure":
             began = time.perf_counter()
             gc.collect()
@@ -325,14 +562,30 @@ async def _serve(pipe: Pipe, layer: str, data: Path, trace: bool) -> None:
                 answer["traced"] = _traced_since(snapshot)
                 answer["traced_blocks"] = _traced_since(snapshot, blocks=True)
             pipe.send(answer)
+            # Not kept: made with the fleet in its arenas, it would keep one.
+            del answer
         else:
             pipe.send(heap())
 
 
 def _object_counts() -> list[tuple[str, int]]:
     """The types of the objects the garbage collector tracks, most numerous first."""
-    counts = Counter(type(o).__qualname__ for o in gc.get_objects())
+    counts = Counter(type(o).__qualname__ for o in _all_tracked())
     return sorted(counts.items())
+
+
+def _all_tracked() -> list[Any]:
+    """Every object the collector tracks, frozen ones included (``gc.get_objects``
+    leaves out what ``gc.freeze`` moved aside: the server freezes its start-up and its
+    fleet). Everything is frozen again after, as the server leaves it."""
+    frozen = gc.get_freeze_count()
+    if not frozen:
+        return gc.get_objects()
+    gc.unfreeze()
+    try:
+        return gc.get_objects()
+    finally:
+        gc.freeze()
 
 
 def _traced_since(snapshot: tracemalloc.Snapshot, blocks: bool = False) -> list[tuple[str, int]]:
@@ -451,6 +704,7 @@ async def measure(
     *,
     cycles: bool = False,
     holders: bool = False,
+    relocate: bool = False,
 ) -> dict[str, Any]:
     data = folder / layer
     if data.exists():
@@ -509,6 +763,9 @@ async def measure(
         result["after_trim"] = await _ask(server_pipe, "trim")
         result["anon_maps"] = await _ask(server_pipe, "maps")
         result["pins"] = await _ask(server_pipe, "pins")
+        if relocate:
+            result["relocate"] = await _ask(server_pipe, "relocate")
+        result["survivors"] = await _ask(server_pipe, "survivors")
         result["malloc_info"] = await _ask(server_pipe, "malloc_info")
         await _ask(server_pipe, "stop")
     finally:
@@ -601,6 +858,31 @@ def report(r: dict[str, Any]) -> str:
         for who, count in r["after_measure"]["traced_blocks"][:25]:
             lines.append(f"    {count:7d}  {who}")
     lines.append("  objects left (vs start): " + _object_diff(r["start"], r["after_measure"], 1))
+    if r.get("relocate"):
+        lines.append(
+            "  arenas as long-lived things are dropped in turn: "
+            + "; ".join(f"{name}: {n}" for name, n in r["relocate"])
+        )
+    if r.get("survivors"):
+        v = r["survivors"]
+        if v["blocks"]:
+            lines.append(
+                f"  small blocks (<= {SMALL_REQUEST} B) made since start-up and still held: "
+                f"{v['small_blocks']}, by site:"
+            )
+            for who, count in v["blocks"][:25]:
+                lines.append(f"    {count:7d}  {who}")
+        lines.append(
+            f"  arenas with objects at start-up {v['start_arenas']}; others with objects "
+            f"after the fleet left {v['fleet_arenas']} "
+            f"({v['fleet_arena_objects']} objects found in them, per arena "
+            f"{v['fleet_arena_sizes']}): "
+            + ", ".join(f"{k} {c}" for k, c in v["fleet_arena_kinds"])
+        )
+        for who, count in v["fleet_arena_pins"][:40]:
+            lines.append(f"    {count:7d}  {who}: " + " ".join(v["examples"].get(who, [])))
+            if who in v["holders"]:
+                lines.append(f"             held by {v['holders'][who]}")
     return "\n".join(lines)
 
 
@@ -618,6 +900,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", nargs="+", choices=LAYERS, default=list(LAYERS))
     parser.add_argument("--trace", action="store_true", help="tracemalloc in the server")
     parser.add_argument("--holders", action="store_true", help="who holds what is left")
+    parser.add_argument(
+        "--relocate", action="store_true", help="arenas left as caches are dropped, in turn"
+    )
     parser.add_argument("--cycles", action="store_true", help="what only gc frees, by type")
     parser.add_argument("--watch", type=float, default=20.0, help="seconds watched after")
     root = Path(__file__).resolve().parents[1]
@@ -636,6 +921,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.watch,
                 cycles=args.cycles,
                 holders=args.holders,
+                relocate=args.relocate,
             )
         )
         print(report(r), flush=True)
