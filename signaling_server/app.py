@@ -374,6 +374,8 @@ def make_app(config: ServerConfig, store: Store, fingerprint: str) -> web.Applic
     app[limits.OPEN_FILES] = limits.OpenFilesGuard.for_this_process()
     # After a fleet left, its tables go before the heap is trimmed (limits.shrink).
     app[limits.OPEN_FILES].before_trim += [hub.compact, lambda: limits.shrink(app[SOCKETS])]
+    # Once it has left, what it made that lives on in the store is made again.
+    app[limits.OPEN_FILES].after_fleet_left.append(store.drop_pooled)
     app.on_shutdown.append(_close_sockets)
     app.cleanup_ctx.append(_lifecycle)
     app.cleanup_ctx.append(limits.watch_open_files)

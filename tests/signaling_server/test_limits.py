@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib
 import logging
 import math
 import os
@@ -14,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ import pytest
 from peer.signaling import pinned, ws_url
 from signaling_server import limits
 from signaling_server.app import SOCKETS
+from signaling_server.appkeys import STORE
+from signaling_server.store import Store
 from tests.conftest import Lab
 from tests.signaling_server.wire import clients, enrol, hub_of, small_lab
 
@@ -319,3 +323,113 @@ def test_a_held_fleet_is_frozen_young_garbage_first_and_collected_once_it_left()
     assert (none_frozen, frozen, garbage_freed) == ("True", "True", "True")
     assert int(kept) == 150
     assert int(freed) == 150
+
+
+def test_shrinking_a_set_leaves_nothing_in_the_mapping_abcs_caches() -> None:
+    """Telling a set from a dict must not go through the mapping ABCs: each would
+    keep a weak reference to the set's type in its negative cache, made when a fleet
+    leaves and kept for good (in an arena the fleet would otherwise give back)."""
+    from collections.abc import Mapping, MutableMapping
+
+    get_dump = importlib.import_module("_abc")._get_dump  # the C ABCs' caches
+
+    class Members(set[str]):
+        pass
+
+    class Table(dict[str, int]):
+        pass
+
+    members, table = Members({"a", "b"}), Table(a=1)
+    limits.shrink(members)
+    limits.shrink(table)
+    assert members == {"a", "b"}
+    assert table == {"a": 1}
+    for abc_class in (Mapping, MutableMapping):
+        _, cache, negative_cache, _ = get_dump(abc_class)
+        assert Members not in {ref() for ref in cache | negative_cache}
+
+
+def test_a_fleet_leaving_is_collected_before_its_tables_are_rebuilt() -> None:
+    """Python gives an arena back only once every object in it is gone: the tables
+    are rebuilt after the collection has freed the fleet's garbage (built before, they
+    could land in a fleet's arena and keep it), and the type attribute cache, which
+    holds every name looked up, is emptied. Churn (more remain than left) neither
+    collects nor empties it."""
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    class Looked:
+        pass
+
+    guard = limits.OpenFilesGuard(limit=100_000)
+    garbage_at_compaction: list[bool] = []
+    guard.before_trim.append(lambda: garbage_at_compaction.append(gone() is not None))
+    name = "".join(["a_name_a_frame", "_was_decoded_into"])  # not interned: its own
+    gc.disable()  # no automatic collection in between
+    try:
+        garbage = Cycle()
+        gone = weakref.ref(garbage)
+        del garbage
+        getattr(Looked, name, None)
+        looked_up = sys.getrefcount(name)
+        guard.peak, guard.websockets = 18_000, 17_000  # churn
+        assert guard.trim_if_left() is False
+        assert garbage_at_compaction == [True]
+        assert sys.getrefcount(name) == looked_up
+        guard.websockets = 0  # the fleet left
+        assert guard.trim_if_left() is True
+        assert garbage_at_compaction == [True, False]
+        assert sys.getrefcount(name) < looked_up
+        assert guard.trim_if_left() is False  # nobody left since
+    finally:
+        gc.enable()
+
+
+async def test_what_a_fleet_left_is_dropped_each_in_turn_and_a_failure_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    guard = limits.OpenFilesGuard(limit=100_000)
+    dropped: list[str] = []
+
+    async def failing() -> None:
+        dropped.append("failing")
+        raise RuntimeError("the store is gone")
+
+    async def store() -> None:
+        dropped.append("store")
+
+    guard.after_fleet_left += [failing, store]
+    with caplog.at_level(logging.ERROR, logger="signaling_server.limits"):
+        await guard.drop_fleet_leftovers()
+    assert dropped == ["failing", "store"]
+    assert "dropping what a fleet left failed" in caplog.text
+
+
+async def test_the_store_works_on_with_new_connections_once_its_pool_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """The server drops the store's pooled connections and compiled statements after a
+    fleet left (they kept the fleet's arenas); the next query opens a new connection
+    and compiles again."""
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
+    try:
+        group = await store.create_group("Fleet")
+        async with store.engine.connect() as conn:
+            before = (await conn.get_raw_connection()).driver_connection
+        assert store.engine.sync_engine._compiled_cache
+        await store.drop_pooled()
+        assert not store.engine.sync_engine._compiled_cache
+        assert [g.id for g in await store.groups()] == [group.id]
+        async with store.engine.connect() as conn:
+            after = (await conn.get_raw_connection()).driver_connection
+        assert after is not before
+    finally:
+        await store.close()
+
+
+async def test_the_server_drops_its_stores_pool_after_a_fleet_left(lab: Lab) -> None:
+    assert lab.server.app is not None
+    guard = lab.server.app[limits.OPEN_FILES]
+    assert lab.server.app[STORE].drop_pooled in guard.after_fleet_left
