@@ -113,7 +113,8 @@ class DeviceWorker(Worker):
         self.tasks: list[asyncio.Task[None]] = []
         self.gate = asyncio.Semaphore(CONNECTS_IN_FLIGHT)
         self.error_count = 0
-        self.failures: list[tuple[float, str, str]] = []
+        #: (when, kind, what, when the lost link came up or None for an attempt)
+        self.failures: list[tuple[float, str, str, float | None]] = []
         self.backoff = Backoff()
 
     def start(self) -> None:
@@ -127,28 +128,33 @@ class DeviceWorker(Worker):
             # A failed attempt counts from when it began: one refused while the server
             # was down may be noticed after it listens again (this loop is busy).
             began: float | None = None
+            up_since: float | None = None
             try:
                 async with self.gate:
                     began = time.monotonic()
                     ws = await self._authenticate(device)
-                began = None
+                began, up_since = None, time.monotonic()
                 attempt = 0
                 await self._read(device, ws)
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                self._failed(device, exc, began)
+                self._failed(device, exc, began, up_since)
             if not self.stopping:
                 await asyncio.sleep(self.backoff.delay(attempt, rng))
                 attempt += 1
 
-    def _failed(self, device: SimDevice, exc: BaseException, began: float | None) -> None:
-        """A failed attempt (``began``: when) or a lost link (now), noted with its
-        time: the orchestrator tells those a restart causes from errors."""
+    def _failed(
+        self, device: SimDevice, exc: BaseException, began: float | None, up_since: float | None
+    ) -> None:
+        """A failed attempt (``began``: when) or a lost link (now; ``up_since``: when
+        it came up), noted with its time: the orchestrator tells those a restart
+        causes from errors (a link up before a kill is lost to it, however late this
+        busy loop notices)."""
         if self.stopping:
             return
         self.error_count += 1
         device.errors += 1
         at = began if began is not None else time.monotonic()
-        self.failures.append((at, type(exc).__name__, str(exc)[:200]))
+        self.failures.append((at, type(exc).__name__, str(exc)[:200], up_since))
         self.error(f"{device.device_id}: {type(exc).__name__}: {exc}")
 
     async def _authenticate(self, device: SimDevice) -> aiohttp.ClientWebSocketResponse:

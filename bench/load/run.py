@@ -444,20 +444,25 @@ async def measure(run: Run) -> dict[str, Any]:
 
         # -- 6. the devices leave ------------------------------------------------
         closed = await asyncio.gather(*(w.ask("close") for w in workers))
-        failures = [f for c in closed for f in c["failures"]]
-        # The kill drops every link and refuses attempts until the new server
-        # listens: those are the fault itself; any other failure is an error.
-        restart = [f for f in failures if killed_at <= f[0] <= ready_at]
-        r["links_lost_to_the_restart"] = len(restart)
-        r["client_errors"] = len(failures) - len(restart)
-        r["client_error_kinds"] = dict(
-            Counter(kind for at, kind, _ in failures if not killed_at <= at <= ready_at)
+        failures = [tuple(f) for c in closed for f in c["failures"]]
+
+        def lost_to_the_restart(at: float, up_since: float | None) -> bool:
+            # The kill drops every link up before it (however late a busy worker
+            # notices) and refuses attempts until the new server listens: those are
+            # the fault itself; any other failure is an error.
+            return killed_at <= at <= ready_at or (
+                up_since is not None and up_since < killed_at <= at
+            )
+
+        errors = sorted(
+            (f for f in failures if not lost_to_the_restart(f[0], f[3])), key=lambda f: f[0]
         )
+        r["links_lost_to_the_restart"] = len(failures) - len(errors)
+        r["client_errors"] = len(errors)
+        r["client_error_kinds"] = dict(Counter(kind for _, kind, _, _ in errors))
         # The errors themselves (not the restart's lost links), seconds after ready.
         r["client_error_examples"] = [
-            f"{at - ready_at:+.1f} s: {kind}: {what}"
-            for at, kind, what in sorted(failures)
-            if not killed_at <= at <= ready_at
+            f"{at - ready_at:+.1f} s: {kind}: {what}" for at, kind, what, _ in errors
         ][:10]
         # Until their TCP connections closed too (TLS shutdowns end up to 30 s after the
         # websockets): this health request's own is the one left.
