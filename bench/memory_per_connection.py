@@ -19,10 +19,20 @@ grouped by the file that allocated), then the clients leave and it prints the RS
 over the next seconds, before and after ``malloc_trim``, against the RSS at start.
 
 ``.venv/bin/python -m bench.memory_per_connection --devices 2000`` (``--layers
-server`` for ours only; ``--trace`` adds tracemalloc, which costs memory itself: its
-RSS figures are not the server's; ``--cycles``: what only the garbage collector
-frees after the clients left; ``--holders``: what still refers to a connection's
-objects; ``--out``: everything as JSON, glibc's ``malloc_info`` included).
+server`` for ours only; ``--trace`` adds tracemalloc from start-up on, which costs
+memory itself: its RSS figures are not the server's, and pymalloc's arena count
+reads 0 while it traces; ``--cycles``: what only the garbage collector frees after
+the clients left; ``--holders``: what still refers to a connection's objects;
+``--relocate``: long-lived caches dropped in turn, the arenas left after each;
+``--out``: everything as JSON, glibc's ``malloc_info`` included).
+
+After the clients left it always lists what pins the fleet's arenas: every object
+reachable, its arena read from its pool header, those in arenas that held no object
+at start-up, by type (a short value for strings, numbers and tuples) and what holds
+the first of each kind (with ``--trace``, where it was allocated too). The ``server``
+layer runs the memory path of ``livesupport server``: start-up frozen, the
+``FleetFreezer``'s task, the open-files watcher's trim once the TCP connections
+closed.
 
 Python's objects live in pymalloc's 1 MiB arenas, which go back to the system only
 once every object in them is gone; the C heap (OpenSSL, Python's objects over 512
