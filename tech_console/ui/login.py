@@ -151,13 +151,15 @@ class LoginDialog(QDialog):
         self._finding = asyncio.ensure_future(self._find())
 
     async def _find(self) -> None:
+        # Cancelled (the dialog is done: see ``done``), it touches no widget: they
+        # may be deleted by then.
         try:
             servers = await self.discoverer()
         except OSError as exc:  # no multicast on this network, for one
+            self.find_button.setEnabled(True)
             self.status.setText(f"Could not look for servers: {exc}")
             return
-        finally:
-            self.find_button.setEnabled(True)
+        self.find_button.setEnabled(True)
         self.found.clear()
         for server in servers:
             item = QListWidgetItem(server.label)  # a list item shows text as it is
@@ -167,6 +169,12 @@ class LoginDialog(QDialog):
         self.status.setText(
             f"Found {len(servers)} server(s): choose one." if servers else "No server answered."
         )
+
+    def done(self, result: int) -> None:
+        """Accepted, rejected or closed: a search still running is no one's."""
+        if self._finding is not None:
+            self._finding.cancel()
+        super().done(result)
 
     def _use_found(self, item: QListWidgetItem) -> None:
         server: FoundServer = item.data(ITEM_SERVER_ROLE)

@@ -3,6 +3,8 @@ and fills in the address, never the pin: discovery grants no trust."""
 
 from __future__ import annotations
 
+import asyncio
+
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
@@ -68,3 +70,27 @@ async def test_found_servers_fill_the_address_and_never_the_pin(
     assert logged_in == []
     for client in clients:
         await client.close()
+
+
+async def test_a_search_still_running_when_the_dialog_is_done_is_cancelled(qtbot: QtBot) -> None:
+    """Its widgets may be deleted next: the search ends without touching them (it
+    re-enabled a deleted button once, at a test run's end)."""
+    never = asyncio.Event()
+
+    async def silent_network() -> list[FoundServer]:
+        await never.wait()
+        return []
+
+    def no_login(address: str, pin: str) -> ConsoleClient:
+        raise AssertionError("nobody logs in here")
+
+    dialog = LoginDialog(ConsoleSettings(), no_login, discoverer=silent_network)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.find_servers()
+    finding = dialog._finding
+    assert finding is not None
+    dialog.reject()
+    await until(finding.done, 5)
+    assert finding.cancelled()
+    assert not dialog.find_button.isEnabled()  # untouched since the search began
