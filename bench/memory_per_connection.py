@@ -454,11 +454,8 @@ async def _start(layer: str, data: Path) -> tuple[str, str, Any]:
         # The memory path of signaling_server.server.serve: start-up frozen, the fleet
         # frozen as it grows, and the open-files watcher's trim (with its full pass
         # over the frozen fleet) once the TCP connections have closed.
-        limits.freeze_start_up()
         assert running.app is not None
-        guard = running.app[limits.OPEN_FILES]
-        guard.freezer = limits.FleetFreezer()
-        freezing = asyncio.create_task(guard.freezer.run(guard), name="fleet-freezer")
+        freezing = limits.own_the_collector(running.app[limits.OPEN_FILES])
 
         async def stop_all() -> None:
             freezing.cancel()

@@ -330,10 +330,16 @@ class OpenFilesGuard:
                 await drop()
             except Exception:  # memory is not worth a failure: the store works on
                 log.exception("dropping what a fleet left failed")
-        if self.freezer is not None:
-            self.freezer.collect_all(self.held())
-        trim_heap(collect=self.freezer is None)
+        self._collect_everything(self.held())
+        trim_heap(collect=False)
         log.info("what the fleet left dropped (%.0f ms)", 1000 * (time.perf_counter() - started))
+
+    def _collect_everything(self, held: int) -> None:
+        """A full collection, over the frozen fleet too where there is one."""
+        if self.freezer is not None:
+            self.freezer.collect_all(held)
+        else:
+            gc.collect()
 
     def trim_if_left(self) -> bool:
         """Give memory back once ``TRIM_AFTER_LEAVING`` connections have left since
@@ -368,10 +374,7 @@ class OpenFilesGuard:
         collect = left >= held
         if collect:
             sys._clear_type_cache()
-            if self.freezer is not None:
-                self.freezer.collect_all(held)  # frozen garbage too
-            else:
-                gc.collect()
+            self._collect_everything(held)
         for compact in self.before_trim:
             compact()
         trim_heap(collect=False)
@@ -384,6 +387,16 @@ class OpenFilesGuard:
             1000 * (time.perf_counter() - started),
         )
         return collect
+
+
+def own_the_collector(guard: OpenFilesGuard) -> asyncio.Task[None]:
+    """For a process that is the server alone (``serve``; the memory benchmark runs
+    the same path): its start-up frozen, then what it holds frozen every second
+    (``FleetFreezer``), whose full passes the trim also runs. Returns the freezer's
+    task (cancel it before stopping the server)."""
+    freeze_start_up()
+    guard.freezer = FleetFreezer()
+    return asyncio.create_task(guard.freezer.run(guard), name="fleet-freezer")
 
 
 def freeze_start_up() -> None:

@@ -107,11 +107,8 @@ async def serve(config: ServerConfig, *, ready_file: Path | None = None) -> None
     server = await RunningServer(config).start()
     # The server's own process only: a process hosting servers among other work
     # (the tests) keeps its collector as it is.
-    limits.freeze_start_up()
     assert server.app is not None
-    guard = server.app[limits.OPEN_FILES]
-    guard.freezer = limits.FleetFreezer()
-    freezing = asyncio.create_task(guard.freezer.run(guard), name="fleet-freezer")
+    freezing = limits.own_the_collector(server.app[limits.OPEN_FILES])
     info = server.describe()
     print(f"Live Support server listening on {server.url}", flush=True)
     print(f"certificate fingerprint: {server.fingerprint}", flush=True)
