@@ -387,6 +387,36 @@ def test_a_fleet_leaving_is_collected_before_its_tables_are_rebuilt() -> None:
         gc.enable()
 
 
+def _free_list_cases() -> list[tuple[str, Any]]:
+    parser: Any = importlib.import_module("aiohttp._http_parser")  # no stubs
+    return [
+        ("asyncio FutureIter", None),  # made from a future of the running loop
+        ("aiohttp RawRequestMessage", lambda: parser.RawRequestMessage(*[None] * 10)),
+        ("aiohttp RawResponseMessage", lambda: parser.RawResponseMessage(None, 0, "", *[None] * 6)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "make"), _free_list_cases(), ids=lambda c: c if isinstance(c, str) else ""
+)
+async def test_a_fleet_left_the_free_lists_hold_objects_made_after_it(kind: str, make: Any) -> None:
+    """After a fleet left, a C free list held instances the fleet freed (each keeping
+    an arena of the fleet's). Renewed, it holds none of them: what it gives out next
+    is new. Had the type no free list of its own, Python's allocator would give the
+    freed addresses straight back (it reuses the last freed block first), and this
+    would fail."""
+    if make is None:
+        make = asyncio.get_running_loop().create_future().__await__
+    fleets = [make() for _ in range(limits.FREE_LIST_RENEWAL)]  # the list is empty now
+    del fleets  # the list is full of the fleet's
+    listed = [make() for _ in range(200)]
+    fleets_ids = {id(o) for o in listed}
+    del listed
+    limits.renew_free_lists()
+    given_out = [make() for _ in range(200)]
+    assert not fleets_ids & {id(o) for o in given_out}, kind
+
+
 async def test_what_a_fleet_left_is_dropped_each_in_turn_and_a_failure_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
