@@ -29,7 +29,11 @@ the clients left; ``--holders``: what still refers to a connection's objects;
 After the clients left it always lists what pins the fleet's arenas: every object
 reachable, its arena read from its pool header, those in arenas that held no object
 at start-up, by type (a short value for strings, numbers and tuples) and what holds
-the first of each kind (with ``--trace``, where it was allocated too). The ``server``
+the first of each kind (with ``--trace``, where it was allocated too). ``--walk``
+adds the pool walker (``walk_pools``): every live block of every pymalloc pool of the
+arenas that held no block at start-up, read from the pools themselves, so also what
+the collector cannot reach (C free lists, interned and cached strings, C buffers), by
+type or as raw bytes by size class (with ``--trace``, by allocation site). The ``server``
 layer runs the memory path of ``livesupport server``: start-up frozen, the
 ``FleetFreezer``'s task, the open-files watcher's trim once the TCP connections
 closed.
@@ -43,6 +47,7 @@ puts every Python object on the C heap, to compare.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import contextlib
 import ctypes
@@ -52,6 +57,7 @@ import logging
 import multiprocessing
 import os
 import ssl
+import struct
 import sys
 import tempfile
 import time
@@ -401,6 +407,302 @@ def pymalloc_arenas() -> int:
     return 0
 
 
+# -- the pool walker: every live pymalloc block, seen by the gc or not ---------------
+#
+# CPython 3.11's obmalloc.c (64-bit, radix tree on): arenas of 1 MiB mmapped on their
+# own (so anonymous mappings, merged by the kernel), pools of 16 KiB aligned on 16 KiB
+# inside them, each starting with a ``struct pool_header``:
+#   union {block *_padding; uint count;} ref;   offset 0   live blocks in the pool
+#   block *freeblock;                           offset 8   first free carved block
+#   struct pool_header *nextpool, *prevpool;    16, 24
+#   uint arenaindex, szidx;                     32, 36     block size (szidx + 1) * 16
+#   uint nextoffset, maxnextoffset;             40, 44     carved below nextoffset
+# then blocks from POOL_OVERHEAD (the header rounded to 16) on. A free block's first
+# word points to the next free one. An arena whose every pool is empty is unmapped, so
+# a pool header found in a mapping belongs to a live arena.
+
+_POOL_OVERHEAD = 48
+_SIZE_CLASSES = SMALL_REQUEST // 16
+_HAVE_GC = 1 << 14  # Py_TPFLAGS_HAVE_GC
+_GC_HEAD = 16  # sizeof(PyGC_Head)
+#: Copied pools are at least this long, so that each copy is a bytes object too big for
+#: pymalloc: a copy must not itself become a live block of a pool copied after it.
+_COPY_AT_LEAST = 1024
+ArenaKey = tuple[int, int]  # (arena index, address of its first pool)
+
+
+def _writable_anonymous_regions() -> array.array[int]:
+    """Start and end (flat) of the readable and writable anonymous mappings, where
+    pymalloc's arenas are. An array, not a list of tuples: what the walker holds while
+    it copies must not be small Python objects sitting in the pools it copies."""
+    regions = array.array("Q")
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        path = fields[5] if len(fields) > 5 else ""
+        if not fields[1].startswith("rw") or (path and not path.startswith("[anon")):
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        regions.extend((start, end))
+    return regions
+
+
+def _pool_header(pool: int) -> tuple[int, int, int, int, int, int] | None:
+    """(count, freeblock, arena index, size class, nextoffset, maxnextoffset) of the
+    pool header at ``pool`` if it is a consistent one, else None (most 16 KiB-aligned
+    addresses of an anonymous mapping are not a pool's start)."""
+    words = (ctypes.c_uint * 12).from_address(pool)
+    count, freeblock = words[0], words[2] | (words[3] << 32)
+    index, size_class, next_offset, max_next = words[8], words[9], words[10], words[11]
+    if size_class >= _SIZE_CLASSES:
+        return None
+    size = 16 * (size_class + 1)
+    if max_next != POOL_SIZE - size or index >= 1 << 24:
+        return None
+    carved_end = next_offset - _POOL_OVERHEAD
+    if carved_end % size or not size <= carved_end <= POOL_SIZE - _POOL_OVERHEAD:
+        return None
+    if count > carved_end // size:
+        return None
+    if freeblock and not (
+        pool + _POOL_OVERHEAD <= freeblock < pool + next_offset
+        and (freeblock - pool - _POOL_OVERHEAD) % size == 0
+    ):
+        return None
+    return count, freeblock, index, size_class, next_offset, max_next
+
+
+def _find_pools() -> array.array[int]:
+    """Every pool header in the anonymous mappings, flat: (address, count, freeblock,
+    arena index, size class, nextoffset) six by six."""
+    regions = _writable_anonymous_regions()
+    pools = array.array("Q")
+    for i in range(0, len(regions), 2):
+        pool = (regions[i] + POOL_SIZE - 1) & ~(POOL_SIZE - 1)
+        while pool + POOL_SIZE <= regions[i + 1]:
+            header = _pool_header(pool)
+            if header is not None:
+                pools.extend((pool, *header[:5]))
+            pool += POOL_SIZE
+    return pools
+
+
+def _arena_keys(pools: array.array[int]) -> dict[int, ArenaKey]:
+    """Each pool's arena, keyed by its index and its first pool's address: an index is
+    reused once its arena was unmapped, the pair not while the arena lives (the pools
+    of one arena are within 1 MiB of each other)."""
+    by_index: dict[int, list[int]] = {}
+    for i in range(0, len(pools), 6):
+        by_index.setdefault(pools[i + 3], []).append(pools[i])
+    keys: dict[int, ArenaKey] = {}
+    for index, addresses in by_index.items():
+        first = -1
+        for address in sorted(addresses):
+            if first < 0 or address - first >= 1 << 20:
+                first = address
+            keys[address] = (index, first)
+    return keys
+
+
+def arenas_with_blocks() -> set[ArenaKey]:
+    """The arenas holding a live block now (the harness's ``mark``): an arena of the
+    walk that is not one of these held no block at start-up."""
+    pools = _find_pools()
+    keys = _arena_keys(pools)
+    return {keys[pools[i]] for i in range(0, len(pools), 6) if pools[i + 1]}
+
+
+def _known_types() -> dict[int, type]:
+    """Every type reachable from ``object`` through ``__subclasses__`` (each readied
+    type, C ones included), those of the objects the gc tracks, and their metatypes."""
+    found: dict[int, type] = {}
+    stack: list[type] = [object, type]
+    stack.extend({type(o) for o in _all_tracked()})
+    while stack:
+        t = stack.pop()
+        if id(t) in found:
+            continue
+        found[id(t)] = t
+        stack.extend(type.__subclasses__(t))
+        stack.append(type(t))
+    return found
+
+
+def _object_in_block(
+    data: bytes, at: int, size: int, types: dict[int, type]
+) -> tuple[type, int, int] | None:
+    """(type, offset of the object in the block, refcount) when the block at ``at`` of
+    ``data`` holds an object of a known type: at its start, or after a PyGC_Head (16
+    bytes) for a gc type, or after the managed dict's two pointers and a PyGC_Head for
+    a type with a managed dict. Only the offset the type's flags require counts."""
+    for offset in (0, _GC_HEAD, 2 * _GC_HEAD):
+        if offset + 16 > size:
+            break
+        refcount, type_address = struct.unpack_from("<qQ", data, at + offset)
+        t = types.get(type_address)
+        if t is None:
+            continue
+        flags = t.__flags__
+        expected = (_GC_HEAD if flags & _HAVE_GC else 0) + (
+            _GC_HEAD if flags & _MANAGED_DICT else 0
+        )
+        # No check of the size against __basicsize__: a compact str is smaller than it.
+        if offset != expected or not 0 <= refcount < 1 << 40:
+            continue
+        # A gc object kept on a free list is untracked (its _gc_next is 0); refcount 0
+        # behind a PyGC_Head that is not: a block of one freed, then reused as a buffer
+        # that left these bytes as they were.
+        if refcount == 0 and offset and struct.unpack_from("<Q", data, at + offset - 16)[0]:
+            return None
+        return t, offset, refcount
+    return None
+
+
+def _stale_header(data: bytes, at: int, size: int, types: dict[int, type]) -> str:
+    """The type a raw block's bytes still name where an object of it would start: what
+    the block held before it was freed and reused as a buffer (a hint, often none)."""
+    for offset in (0, _GC_HEAD, 2 * _GC_HEAD):
+        if offset + 16 <= size:
+            t = types.get(struct.unpack_from("<Q", data, at + offset + 8)[0])
+            if t is not None:
+                return t.__qualname__
+    return ""
+
+
+def _str_sample(data: bytes, at: int, end: int) -> tuple[bool, str] | None:
+    """(interned, value) of a compact str whose object starts at ``at``, read from its
+    bytes (PyASCIIObject: length at 16, state at 32, ASCII data at 48; compact
+    non-ASCII data at 72), or None when it is not compact or does not fit."""
+    length, _, state = struct.unpack_from("<qqI", data, at + 16)
+    kind = (state >> 2) & 7
+    compact, ascii_only = state & (1 << 5), state & (1 << 6)
+    if not compact or kind not in (1, 2, 4) or length < 0:
+        return None
+    start = at + (48 if ascii_only else 72)
+    if start + length * kind > end:
+        return None
+    raw = data[start : start + length * kind]
+    codec = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind]
+    return bool(state & 3), raw.decode(codec, errors="replace")
+
+
+def _block_site(address: int) -> str | None:
+    """Where tracemalloc saw the block at ``address`` allocated (any block, not only an
+    object: ``_PyTraceMalloc_GetTraceback`` takes an address), or None."""
+    get = ctypes.pythonapi._PyTraceMalloc_GetTraceback
+    get.restype = ctypes.py_object
+    get.argtypes = (ctypes.c_uint, ctypes.c_size_t)
+    frames = get(0, address)
+    if not frames:
+        return None
+    return _site(tracemalloc.Traceback(frames))
+
+
+def walk_pools(start_arenas: set[ArenaKey], *, examples: int = 4) -> dict[str, Any]:
+    """Every live block of every pool of the arenas that held no block at start-up
+    (``start_arenas``, from ``arenas_with_blocks``), by what it is: an object of a
+    known type (``str`` with its value; ``(refcount 0)``: on a free list; ``,
+    unseen``: not among what the gc traversal reaches, ``_reachable``) or raw bytes by
+    size class (C buffers: dict keys, list items, extensions' ``PyMem_Malloc``), the
+    first 32 bytes in hex for a few. With tracemalloc on, each kind is split by where
+    it was allocated."""
+    reported = pymalloc_arenas()
+    # The pools are copied before anything else is made: the walker's own small objects
+    # would otherwise be found in them. Copies longer than pymalloc's 512 bytes.
+    pools = _find_pools()
+    copies: list[bytes] = []
+    for i in range(0, len(pools), 6):
+        if pools[i + 1]:
+            copies.append(ctypes.string_at(pools[i], max(pools[i + 5], _COPY_AT_LEAST)))
+    ours = {id(pools), id(copies)}
+    keys = _arena_keys(pools)
+    types = _known_types()
+    seen = {id(o) for o in _reachable()}
+    tracing = tracemalloc.is_tracing()
+    arenas: dict[ArenaKey, Counter[str]] = {}
+    kinds: Counter[str] = Counter()
+    samples: dict[str, list[str]] = {}
+    inconsistent = 0
+    copy = iter(copies)
+    for i in range(0, len(pools), 6):
+        address, count, freeblock, _, size_class, next_offset = pools[i : i + 6]
+        arena = keys[address]
+        if arena in start_arenas:
+            if count:
+                next(copy)
+            continue
+        held = arenas.setdefault(arena, Counter())
+        if not count:
+            continue
+        data = next(copy)
+        size = 16 * (size_class + 1)
+        free: set[int] = set()
+        for _ in range(POOL_SIZE // size):  # bounded: a list changed while copied
+            if not address + _POOL_OVERHEAD <= freeblock < address + next_offset:
+                break
+            free.add(freeblock - address)
+            freeblock = struct.unpack_from("<Q", data, freeblock - address)[0]
+        carved = range(_POOL_OVERHEAD, next_offset, size)
+        if len(carved) - len(free) != count:
+            inconsistent += 1  # changed while copied: counted as found
+        for at in carved:
+            if at in free:
+                continue
+            found = _object_in_block(data, at, size, types)
+            sample = ""
+            if found is None:
+                kind = f"raw, size class {size}"
+                sample = data[at : at + 32].hex()
+                stale = _stale_header(data, at, size, types)
+                if stale:
+                    kind += f" (once a {stale})"
+            else:
+                t, offset, refcount = found
+                if address + at + offset in ours:
+                    continue
+                kind = t.__qualname__
+                if t.__module__ != "builtins":
+                    kind = f"{t.__module__}.{kind}"
+                if refcount == 0:
+                    kind += " (refcount 0)"
+                elif address + at + offset not in seen:
+                    kind += ", unseen"
+                if t is str:
+                    decoded = _str_sample(data, at + offset, at + size)
+                    if decoded is not None:
+                        kind += " (interned)" if decoded[0] else ""
+                        sample = repr(decoded[1][:40])
+                elif t is bytes:
+                    sample = repr(data[at + offset + 32 : at + offset + 32 + 24])
+            if tracing:
+                site = _block_site(address + at)
+                kind += f" @ {site}" if site else ""
+            held[kind] += 1
+            kinds[kind] += 1
+            if sample and len(listed := samples.setdefault(kind, [])) < examples:
+                listed.append(sample)
+    per_arena = sorted(
+        ((sum(c.values()), c.most_common(4)) for c in arenas.values()), key=lambda x: x[0]
+    )
+    unseen_only = sum(
+        1
+        for c in arenas.values()
+        if c and all("raw," in k or "unseen" in k or "(refcount 0)" in k for k in c)
+    )
+    return {
+        "arenas": len(set(keys.values())),
+        "arenas_reported": reported,
+        "start_arenas": len(start_arenas),
+        "new_arenas": len(arenas),
+        "new_arenas_empty": sum(1 for c in arenas.values() if not c),
+        "new_arenas_only_unseen": unseen_only,
+        "blocks": sum(kinds.values()),
+        "inconsistent_pools": inconsistent,
+        "kinds": kinds.most_common(60),
+        "samples": {k: samples[k] for k, _ in kinds.most_common(60) if k in samples},
+        "per_arena": per_arena,
+    }
+
+
 # -- the servers (child process) ---------------------------------------------------
 
 
@@ -517,6 +819,7 @@ async def _serve(pipe: Pipe, layer: str, data: Path, trace: bool) -> None:
     snapshot: tracemalloc.Snapshot | None = None
     start_arenas: set[int] = set()
     start_pools_arenas: set[int] = set()
+    start_walk_arenas: set[ArenaKey] = set()
     while True:
         command = await loop.run_in_executor(None, pipe.recv)
         if command == "stop":
@@ -543,6 +846,8 @@ async def _serve(pipe: Pipe, layer: str, data: Path, trace: bool) -> None:
             pipe.send(_anon_maps())
         elif command == "malloc_info":
             pipe.send(malloc_info())
+        elif command == "walk":
+            pipe.send(walk_pools(start_walk_arenas))
         elif command == "mark":
             gc.collect()
             marked: dict[str, Any] = heap()
@@ -550,6 +855,7 @@ async def _serve(pipe: Pipe, layer: str, data: Path, trace: bool) -> None:
             start_arenas = {id(o) >> 20 for o in _all_tracked()}
             start_pools_arenas = _arenas_of(_reachable())
             gc.collect()
+            start_walk_arenas = arenas_with_blocks()
             if trace:
                 # Traced from here on: a block with a traceback was made after start-up.
                 tracemalloc.start(16)
@@ -712,6 +1018,7 @@ async def measure(
     cycles: bool = False,
     holders: bool = False,
     relocate: bool = False,
+    walk: bool = False,
 ) -> dict[str, Any]:
     data = folder / layer
     if data.exists():
@@ -773,6 +1080,8 @@ async def measure(
         if relocate:
             result["relocate"] = await _ask(server_pipe, "relocate")
         result["survivors"] = await _ask(server_pipe, "survivors")
+        if walk:
+            result["walk"] = await _ask(server_pipe, "walk")
         result["malloc_info"] = await _ask(server_pipe, "malloc_info")
         await _ask(server_pipe, "stop")
     finally:
@@ -890,7 +1199,30 @@ def report(r: dict[str, Any]) -> str:
             lines.append(f"    {count:7d}  {who}: " + " ".join(v["examples"].get(who, [])))
             if who in v["holders"]:
                 lines.append(f"             held by {v['holders'][who]}")
+    if r.get("walk"):
+        lines.extend(walk_report(r["walk"]))
     return "\n".join(lines)
+
+
+def walk_report(w: dict[str, Any]) -> list[str]:
+    """The pool walker's findings, as lines."""
+    sizes = Counter(total for total, _ in w["per_arena"])
+    lines = [
+        f"  pool walk: {w['arenas']} arenas ({w['arenas_reported']} by sys._debugmallocstats, "
+        f"0 while tracing), {w['start_arenas']} held a block at start-up; the "
+        f"{w['new_arenas']} others hold {w['blocks']} live blocks ({w['new_arenas_empty']} "
+        f"hold none, {w['new_arenas_only_unseen']} only blocks the gc traversal does not "
+        f"reach; pools changed while copied: {w['inconsistent_pools']}); arenas by live "
+        "blocks: " + ", ".join(f"{n}: {c}" for n, c in sorted(sizes.items())),
+        "  live blocks in them by kind (', unseen': not reached from the gc's objects; "
+        "'(refcount 0)': kept on a free list):",
+    ]
+    for kind, count in w["kinds"]:
+        lines.append(f"    {count:7d}  {kind}: " + " ".join(w["samples"].get(kind, [])))
+    lines.append("  the emptiest of them (live blocks: top kinds):")
+    for total, top in w["per_arena"][:15]:
+        lines.append(f"    {total:5d}: " + ", ".join(f"{k} {c}" for k, c in top))
+    return lines
 
 
 def _object_diff(before: dict[str, Any], after: dict[str, Any], n: int) -> str:
@@ -911,6 +1243,9 @@ def main(argv: list[str] | None = None) -> int:
         "--relocate", action="store_true", help="arenas left as caches are dropped, in turn"
     )
     parser.add_argument("--cycles", action="store_true", help="what only gc frees, by type")
+    parser.add_argument(
+        "--walk", action="store_true", help="every live block of the fleet's arenas, gc or not"
+    )
     parser.add_argument("--watch", type=float, default=20.0, help="seconds watched after")
     root = Path(__file__).resolve().parents[1]
     parser.add_argument("--folder", type=Path, default=root / "build" / "bench" / "memory")
@@ -929,6 +1264,7 @@ def main(argv: list[str] | None = None) -> int:
                 cycles=args.cycles,
                 holders=args.holders,
                 relocate=args.relocate,
+                walk=args.walk,
             )
         )
         print(report(r), flush=True)
