@@ -18,7 +18,9 @@ Steps (one server process, ``livesupport server``, SQLite, under ``build/bench/l
    ready file until every device authenticated again;
 6. the devices leave: the server's RSS against its RSS at start;
 7. the floor: 2,000 bare aiohttp TLS websockets held by a server that does nothing
-   else, their memory per connection and the server CPU per connect;
+   else, their memory per connection and the server CPU per connect; then N bare
+   aiohttp TLS websockets connecting at once from K processes, the time until all
+   are connected (bench/load/connect_floor.py);
 8. the three-node step (bench/load/nodes.py).
 """
 
@@ -583,6 +585,18 @@ def rows(r: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:
             ),
         ),
         (
+            "  floor: bare aiohttp TLS websockets connecting (s)",
+            floor.get("connect_s"),
+            f"({floor.get('connect_devices', 0):,} at once)",
+            None,
+        ),
+        (
+            "  floor: their server / clients' CPU per connect (ms)",
+            f"{floor.get('connect_server_cpu_ms')} / {floor.get('connect_clients_cpu_ms')}",
+            "(nothing of ours)",
+            None,
+        ),
+        (
             f"status to {r['consoles']} consoles, p50 (ms)",
             r.get("propagation_p50_ms"),
             "(reported)",
@@ -632,22 +646,32 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def floor(folder: Path, n: int) -> dict[str, Any]:
-    """The floor under two figures: N bare aiohttp TLS websockets held by a server
+async def floor(folder: Path, n: int, fleet: int, processes: int) -> dict[str, Any]:
+    """The floor under three figures: N bare aiohttp TLS websockets held by a server
     that does nothing else (bench/memory_per_connection.py's ``wss`` layer, the same
     TLS read buffer sharing): the memory one idle connection and the server CPU one
-    connect cost below anything of ours."""
+    connect cost below anything of ours; then the whole fleet of bare websockets
+    connecting at once from as many client processes as the devices'
+    (bench/load/connect_floor.py): the time under the reconnect."""
     from bench import memory_per_connection as layers
+    from bench.load import connect_floor
 
     measured = await layers.measure("wss", n, False, folder / "floor", watch_s=0.0)
     per = measured["per_connection"]
     # Below aiohttp: asyncio's TLS transport holding the socket, and nothing else.
     bare = await layers.measure("tls", n, False, folder / "floor", watch_s=0.0)
+    connecting = await connect_floor.measure(folder / "floor", fleet, processes)
+    if connecting["connected"] != fleet:
+        raise RuntimeError(f"the connect floor: {connecting}")
     return {
         "devices": measured["online"],
         "kib_per_connection": round(per["rss"] / 1024, 2),
         "cpu_ms_per_connect": round(per["cpu_ms"], 2),
         "tls_kib_per_connection": round(bare["per_connection"]["rss"] / 1024, 2),
+        "connect_devices": fleet,
+        "connect_s": connecting["seconds"],
+        "connect_server_cpu_ms": connecting["server_cpu_ms_per_connect"],
+        "connect_clients_cpu_ms": connecting["clients_cpu_ms_per_connect"],
     }
 
 
@@ -675,7 +699,9 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(args.devices, args.processes, args.consoles, args.probes, args.folder)
     results = asyncio.run(measure(run))
     if args.floor_devices > 0:
-        results["floor"] = asyncio.run(floor(args.folder, args.floor_devices))
+        results["floor"] = asyncio.run(
+            floor(args.folder, args.floor_devices, args.devices, args.processes)
+        )
     if args.nodes_devices > 0:
         from bench.load import nodes  # it builds on this module
 

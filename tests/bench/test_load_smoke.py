@@ -36,9 +36,17 @@ async def test_the_load_tester_runs_every_step_and_reports_every_figure(tmp_path
         "server_cpu_ms_per_reconnect",
     ):
         assert isinstance(results[figure], float | int), figure
-    results["floor"] = await run.floor(tmp_path, 40)
+    results["floor"] = await run.floor(tmp_path, 40, fleet=200, processes=2)
     assert results["floor"]["devices"] == 40
-    for figure in ("kib_per_connection", "cpu_ms_per_connect", "tls_kib_per_connection"):
+    assert results["floor"]["connect_devices"] == 200  # all connected, or floor() raises
+    for figure in (
+        "kib_per_connection",
+        "cpu_ms_per_connect",
+        "tls_kib_per_connection",
+        "connect_s",
+        "connect_server_cpu_ms",
+        "connect_clients_cpu_ms",
+    ):
         assert isinstance(results["floor"][figure], float | int), figure
     table = run.table(results)
     for name, *_ in run.rows(results):
