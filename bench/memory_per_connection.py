@@ -446,11 +446,18 @@ def _writable_anonymous_regions() -> array.array[int]:
     return regions
 
 
-def _pool_header(pool: int) -> tuple[int, int, int, int, int, int] | None:
+def _pool_header(
+    pool: int, copied: bytes | None = None
+) -> tuple[int, int, int, int, int, int] | None:
     """(count, freeblock, arena index, size class, nextoffset, maxnextoffset) of the
-    pool header at ``pool`` if it is a consistent one, else None (most 16 KiB-aligned
-    addresses of an anonymous mapping are not a pool's start)."""
-    words = (ctypes.c_uint * 12).from_address(pool)
+    pool header at ``pool`` (or of its ``copied`` bytes) if it is a consistent one,
+    else None (most 16 KiB-aligned addresses of an anonymous mapping are not a
+    pool's start)."""
+    words: Any = (
+        struct.unpack_from("<12I", copied)
+        if copied is not None
+        else (ctypes.c_uint * 12).from_address(pool)
+    )
     count, freeblock = words[0], words[2] | (words[3] << 32)
     index, size_class, next_offset, max_next = words[8], words[9], words[10], words[11]
     if size_class >= _SIZE_CLASSES:
@@ -471,15 +478,24 @@ def _pool_header(pool: int) -> tuple[int, int, int, int, int, int] | None:
     return count, freeblock, index, size_class, next_offset, max_next
 
 
-def _find_pools() -> array.array[int]:
+def _find_pools(copies: list[bytes] | None = None) -> array.array[int]:
     """Every pool header in the anonymous mappings, flat: (address, count, freeblock,
-    arena index, size class, nextoffset) six by six."""
+    arena index, size class, nextoffset) six by six. With ``copies``: each pool that
+    holds a block is copied as its header is read, and the header read again from the
+    copy, so that header and blocks are of one moment (the walker's own temporaries,
+    freed between a read and a later copy, would show as live blocks)."""
     regions = _writable_anonymous_regions()
     pools = array.array("Q")
     for i in range(0, len(regions), 2):
         pool = (regions[i] + POOL_SIZE - 1) & ~(POOL_SIZE - 1)
         while pool + POOL_SIZE <= regions[i + 1]:
             header = _pool_header(pool)
+            if header is not None and header[0] and copies is not None:
+                copied = ctypes.string_at(pool, max(header[4], _COPY_AT_LEAST))
+                header = _pool_header(pool, copied)
+                if header is not None and header[0]:
+                    copies.append(copied)
+                del copied
             if header is not None:
                 pools.extend((pool, *header[:5]))
             pool += POOL_SIZE
@@ -506,7 +522,13 @@ def _arena_keys(pools: array.array[int]) -> dict[int, ArenaKey]:
 def arenas_with_blocks() -> set[ArenaKey]:
     """The arenas holding a live block now (the harness's ``mark``): an arena of the
     walk that is not one of these held no block at start-up."""
-    pools = _find_pools()
+    collecting = gc.isenabled()
+    gc.disable()  # as in walk_pools
+    try:
+        pools = _find_pools()
+    finally:
+        if collecting:
+            gc.enable()
     keys = _arena_keys(pools)
     return {keys[pools[i]] for i in range(0, len(pools), 6) if pools[i + 1]}
 
@@ -608,11 +630,17 @@ def walk_pools(start_arenas: set[ArenaKey], *, examples: int = 4) -> dict[str, A
     reported = pymalloc_arenas()
     # The pools are copied before anything else is made: the walker's own small objects
     # would otherwise be found in them. Copies longer than pymalloc's 512 bytes.
-    pools = _find_pools()
     copies: list[bytes] = []
-    for i in range(0, len(pools), 6):
-        if pools[i + 1]:
-            copies.append(ctypes.string_at(pools[i], max(pools[i + 5], _COPY_AT_LEAST)))
+    # Garbage from before collected first, and no collection while the pools are read:
+    # one in the middle would free blocks already read as live.
+    gc.collect()
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        pools = _find_pools(copies)
+    finally:
+        if collecting:
+            gc.enable()
     ours = {id(pools), id(copies)}
     keys = _arena_keys(pools)
     types = _known_types()
@@ -655,6 +683,9 @@ def walk_pools(start_arenas: set[ArenaKey], *, examples: int = 4) -> dict[str, A
                 stale = _stale_header(data, at, size, types)
                 if stale:
                     kind += f" (once a {stale})"
+                link = struct.unpack_from("<Q", data, at)[0] - address
+                if _POOL_OVERHEAD <= link < next_offset and (link - _POOL_OVERHEAD) % size == 0:
+                    kind += ", first word a link to a block of its pool"
             else:
                 t, offset, refcount = found
                 if address + at + offset in ours:
