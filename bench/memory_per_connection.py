@@ -719,6 +719,10 @@ def walk_pools(start_arenas: set[ArenaKey], *, examples: int = 4) -> dict[str, A
         for c in arenas.values()
         if c and all("raw," in k or "unseen" in k or "(refcount 0)" in k for k in c)
     )
+    # What an arena would need gone to go back: the kinds of pins it holds, in classes.
+    pinned_by: Counter[str] = Counter(
+        " + ".join(sorted({_pin_class(k) for k in c})) or "nothing" for c in arenas.values()
+    )
     return {
         "arenas": len(set(keys.values())),
         "arenas_reported": reported,
@@ -731,7 +735,20 @@ def walk_pools(start_arenas: set[ArenaKey], *, examples: int = 4) -> dict[str, A
         "kinds": kinds.most_common(60),
         "samples": {k: samples[k] for k, _ in kinds.most_common(60) if k in samples},
         "per_arena": per_arena,
+        "pinned_by": pinned_by.most_common(),
     }
+
+
+def _pin_class(kind: str) -> str:
+    """A walked block's kind in one of four classes: on a free list, raw bytes, an
+    object the gc traversal does not reach, or one it does."""
+    if "(refcount 0)" in kind:
+        return "free list"
+    if kind.startswith("raw,"):
+        return "raw"
+    if ", unseen" in kind:
+        return "unseen object"
+    return "gc-reachable object"
 
 
 # -- the servers (child process) ---------------------------------------------------
@@ -1250,6 +1267,10 @@ def walk_report(w: dict[str, Any]) -> list[str]:
     ]
     for kind, count in w["kinds"]:
         lines.append(f"    {count:7d}  {kind}: " + " ".join(w["samples"].get(kind, [])))
+    lines.append(
+        "  those arenas by what they hold (all of it must go for one to go back): "
+        + "; ".join(f"{what}: {n}" for what, n in w.get("pinned_by", []))
+    )
     lines.append("  the emptiest of them (live blocks: top kinds):")
     for total, top in w["per_arena"][:15]:
         lines.append(f"    {total:5d}: " + ", ".join(f"{k} {c}" for k, c in top))
