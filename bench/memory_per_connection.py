@@ -33,7 +33,8 @@ the first of each kind (with ``--trace``, where it was allocated too). ``--walk`
 adds the pool walker (``walk_pools``): every live block of every pymalloc pool of the
 arenas that held no block at start-up, read from the pools themselves, so also what
 the collector cannot reach (C free lists, interned and cached strings, C buffers), by
-type or as raw bytes by size class (with ``--trace``, by allocation site). The ``server``
+type or as raw bytes by size class (with ``--trace``, by allocation site; how, and what
+it found: docs/memory-walker.md). The ``server``
 layer runs the memory path of ``livesupport server``: start-up frozen, the
 ``FleetFreezer``'s task, the open-files watcher's trim once the TCP connections
 closed.
