@@ -628,13 +628,13 @@ def walk_pools(start_arenas: set[ArenaKey], *, examples: int = 4) -> dict[str, A
     size class (C buffers: dict keys, list items, extensions' ``PyMem_Malloc``), the
     first 32 bytes in hex for a few. With tracemalloc on, each kind is split by where
     it was allocated."""
+    # Garbage from before collected first, and no collection while the pools are read:
+    # one in the middle would free blocks already read as live.
+    gc.collect()
     reported = pymalloc_arenas()
     # The pools are copied before anything else is made: the walker's own small objects
     # would otherwise be found in them. Copies longer than pymalloc's 512 bytes.
     copies: list[bytes] = []
-    # Garbage from before collected first, and no collection while the pools are read:
-    # one in the middle would free blocks already read as live.
-    gc.collect()
     collecting = gc.isenabled()
     gc.disable()
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,19 @@ def test_the_walker_finds_what_was_made_in_fresh_arenas(trace: bool) -> None:
     assert len(kept) == 20
     lines = bench.walk_report(walked)
     assert any("PinMarker" in line for line in lines)
+
+
+@pytest.mark.timeout(300)
+async def test_the_harness_walks_the_server_process_after_its_clients_left(
+    tmp_path: Path,
+) -> None:
+    result = await bench.measure("wss", 40, trace=False, folder=tmp_path, watch_s=0.0, walk=True)
+
+    walked = result["walk"]
+    # The walker found every arena pymalloc reports (read just before it, in the
+    # server's process), and the arenas there were at the mark among them.
+    assert walked["arenas"] > 0
+    assert abs(walked["arenas"] - walked["arenas_reported"]) <= 1
+    assert walked["start_arenas"] <= walked["arenas"] + 1
+    assert walked["inconsistent_pools"] == 0
+    assert "pool walk:" in bench.report(result)
