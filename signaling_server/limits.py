@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import gc
 import importlib
@@ -28,6 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, 
 from dataclasses import dataclass, field
 from typing import Any
 
+import multidict
 from aiohttp import web
 
 log = logging.getLogger(__name__)
@@ -100,15 +102,17 @@ def trim_heap(*, collect: bool = True) -> None:
     libc.malloc_trim(0)
 
 
-#: More than any free list below keeps (asyncio's: 255; aiohttp's parser's: 250).
-FREE_LIST_RENEWAL = 1024
+#: Objects made of each free-listed type to renew its list: far more than any list
+#: keeps (asyncio's: 255; aiohttp's parser's: 250; multidict's: 32), so that the
+#: highest-addressed of them are likely in the arenas that stay.
+FREE_LIST_RENEWAL = 8192
 
 
 def _free_listed() -> list[Callable[[], object]]:
     """Makers of objects whose type keeps freed instances on a free list of its own
-    (C code; the garbage collector does not see them, and its full pass, which empties
-    Python's built-in free lists, leaves these alone)."""
-    makers: list[Callable[[], object]] = []
+    (C code; the garbage collector does not see them; its full pass empties Python's
+    built-in free lists, which later work refills)."""
+    makers: list[Callable[[], object]] = [contextvars.copy_context]  # every task's
     with contextlib.suppress(RuntimeError):  # no running loop: no future to wait on
         future = asyncio.get_running_loop().create_future()
         makers.append(future.__await__)  # asyncio's FutureIter: every ``await future``
@@ -117,26 +121,37 @@ def _free_listed() -> list[Callable[[], object]]:
         # The parsed request line and headers of every upgrade and of every response.
         makers.append(lambda: parser.RawRequestMessage(*[None] * 10))
         makers.append(lambda: parser.RawResponseMessage(None, 0, "", *[None] * 6))
+    # Every request's headers (aiohttp's parser) and every response's.
+    makers += [multidict.CIMultiDict, lambda: multidict.CIMultiDictProxy(multidict.CIMultiDict())]
+    # Cython keeps the scopes of its closures and generators on free lists too
+    # (SQLAlchemy's result rows, aiohttp's websocket reader); made without argument.
+    types: list[type] = [object]
+    while types:
+        a_type = types.pop()
+        types += type.__subclasses__(a_type)
+        if a_type.__name__.startswith("__pyx_scope_struct"):
+            makers.append(a_type)
     return makers
 
 
-def renew_free_lists() -> None:
-    """Replace the objects C free lists hold by objects made now.
+def renew_free_lists(makers: list[Callable[[], object]] | None = None) -> None:
+    """Make the C free lists hold objects in the arenas that stay.
 
     A free list keeps the last few hundred instances a type freed, for reuse; after
     a fleet left they are instances the fleet freed, one or a few in each of its
     arenas, and an arena goes back to the system only once nothing in it is alive:
-    these alone kept dozens (measured with bench/memory_per_connection.py at 5,000
-    devices: 88 arenas after the fleet left, 58 with the renewal). So: take
-    everything the list holds (and more), make as many again, free the new ones
-    first (they fill the list) and then the old ones (the list is full: they go back
-    to their arenas). Run after the full collection, when the arenas the fleet used
-    are empty: the new ones are then made in arenas that stay anyway."""
-    for make in _free_listed():
-        held = [make() for _ in range(FREE_LIST_RENEWAL)]
-        fresh = [make() for _ in range(FREE_LIST_RENEWAL)]
-        del fresh
-        del held
+    these alone kept dozens (measured with bench/memory_per_connection.py's pool
+    walker, docs/memory-walker.md). So, for each type: take everything its list holds
+    and make many more, then free them highest address first: Linux maps the arenas
+    top down, so the highest are the oldest, start-up's (none of 153 arenas made
+    after start-up lay above the lowest of them, measured); freed first, those fill
+    the list, and the rest go back to their arenas. Run after a full collection,
+    when the arenas the fleet used are empty. Costs ~100 ms (the server's ~24
+    free-listed types), once a fleet left."""
+    for make in _free_listed() if makers is None else makers:
+        made = sorted((make() for _ in range(FREE_LIST_RENEWAL)), key=id)
+        while made:
+            made.pop()
 
 
 def shrink(table: MutableSet[Any] | MutableMapping[Any, Any]) -> None:
@@ -372,7 +387,16 @@ class OpenFilesGuard:
                 log.exception("dropping what a fleet left failed")
         self._collect_everything(self.held())
         trim_heap(collect=False)
-        log.info("what the fleet left dropped (%.0f ms)", 1000 * (time.perf_counter() - started))
+        # Refilled by the drops' own work (their awaits, the new pool's futures).
+        renew_free_lists()
+        # Two arguments: with one, logging asks ``isinstance(arg, Mapping)``, whose
+        # first answer for a type leaves ~160 weak references in the ABCs' caches,
+        # kept for good and made now, after the trim, in arenas that would go back.
+        log.info(
+            "what the fleet left dropped (%d held, %.0f ms)",
+            self.held(),
+            1000 * (time.perf_counter() - started),
+        )
 
     def _collect_everything(self, held: int) -> None:
         """A full collection, over the frozen fleet too where there is one."""

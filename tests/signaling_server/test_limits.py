@@ -399,22 +399,41 @@ def _free_list_cases() -> list[tuple[str, Any]]:
 @pytest.mark.parametrize(
     ("kind", "make"), _free_list_cases(), ids=lambda c: c if isinstance(c, str) else ""
 )
-async def test_a_fleet_left_the_free_lists_hold_objects_made_after_it(kind: str, make: Any) -> None:
+async def test_a_renewed_free_list_holds_the_highest_addressed_objects_it_was_given(
+    kind: str, make: Any
+) -> None:
     """After a fleet left, a C free list held instances the fleet freed (each keeping
-    an arena of the fleet's). Renewed, it holds none of them: what it gives out next
-    is new. Had the type no free list of its own, Python's allocator would give the
-    freed addresses straight back (it reuses the last freed block first), and this
-    would fail."""
+    one of its arenas). Renewed, it holds the highest-addressed of the objects made
+    (start-up's arenas are the highest: Linux maps them top down), the fleet's among
+    them: what it gives out next is from those. Had the type no free list of its own,
+    Python's allocator would give out the last freed, the lowest: this would fail."""
     if make is None:
         make = asyncio.get_running_loop().create_future().__await__
-    fleets = [make() for _ in range(limits.FREE_LIST_RENEWAL)]  # the list is empty now
+    fleets = [make() for _ in range(1000)]  # the list is empty now
     del fleets  # the list is full of the fleet's
-    listed = [make() for _ in range(200)]
-    fleets_ids = {id(o) for o in listed}
-    del listed
-    limits.renew_free_lists()
+
+    made: list[int] = []
+
+    def recorded() -> object:
+        made_now = make()
+        made.append(id(made_now))
+        return made_now
+
+    limits.renew_free_lists([recorded])
+    assert len(made) == limits.FREE_LIST_RENEWAL
     given_out = [make() for _ in range(200)]
-    assert not fleets_ids & {id(o) for o in given_out}, kind
+    highest = set(sorted(made)[-256:])  # no list here keeps more than 255
+    assert {id(o) for o in given_out} <= highest, kind
+
+
+async def test_the_free_lists_renewed_are_those_of_the_servers_libraries() -> None:
+    importlib.import_module("aiohttp._websocket.reader_c")  # the server's, loaded
+    makers = limits._free_listed()
+    kinds = {type(make()).__name__ for make in makers}
+    for expected in ("FutureIter", "RawRequestMessage", "RawResponseMessage", "CIMultiDict"):
+        assert expected in kinds
+    assert "Context" in kinds
+    assert any(kind.startswith("__pyx_scope_struct") for kind in kinds)
 
 
 async def test_what_a_fleet_left_is_dropped_each_in_turn_and_a_failure_is_logged(
