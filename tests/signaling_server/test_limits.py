@@ -426,6 +426,24 @@ async def test_a_renewed_free_list_holds_the_highest_addressed_objects_it_was_gi
     assert {id(o) for o in given_out} <= highest, kind
 
 
+def test_a_free_list_that_cannot_be_renewed_is_logged_and_the_others_are(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    made: list[object] = []
+
+    def refuses() -> object:
+        raise TypeError("needs an argument")
+
+    def works() -> object:
+        made.append(object())
+        return made[-1]
+
+    with caplog.at_level(logging.ERROR, logger="signaling_server.limits"):
+        limits.renew_free_lists([refuses, works])
+    assert len(made) == limits.FREE_LIST_RENEWAL
+    assert "renewing the free list of" in caplog.text
+
+
 async def test_the_free_lists_renewed_are_those_of_the_servers_libraries() -> None:
     importlib.import_module("aiohttp._websocket.reader_c")  # the server's, loaded
     makers = limits._free_listed()
