@@ -978,8 +978,12 @@ def _who_ours(traceback: tracemalloc.Traceback) -> str:
     return _who(traceback)
 
 
+#: This checkout's root, as a prefix to strip from file names.
+_ROOT = f"{Path(__file__).resolve().parents[1]}/"
+
+
 def _short(filename: str) -> str:
-    for marker in ("site-packages/", "python3.11/", "/work/main/"):
+    for marker in ("site-packages/", "python3.11/", _ROOT):
         if marker in filename:
             return filename.split(marker, 1)[1]
     return filename
