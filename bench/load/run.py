@@ -587,7 +587,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:
         (
             "  floor: bare aiohttp TLS websockets connecting (s)",
             floor.get("connect_s"),
-            f"({floor.get('connect_devices', 0):,} at once)",
+            f"({floor.get('connect_devices', 0):,} at once"
+            + (f", {floor['connect_failed']:,} failed)" if floor.get("connect_failed") else ")"),
             None,
         ),
         (
@@ -660,9 +661,8 @@ async def floor(folder: Path, n: int, fleet: int, processes: int) -> dict[str, A
     per = measured["per_connection"]
     # Below aiohttp: asyncio's TLS transport holding the socket, and nothing else.
     bare = await layers.measure("tls", n, False, folder / "floor", watch_s=0.0)
+    # A failed connect is reported, not raised: the run's other figures are kept.
     connecting = await connect_floor.measure(folder / "floor", fleet, processes)
-    if connecting["connected"] != fleet:
-        raise RuntimeError(f"the connect floor: {connecting}")
     return {
         "devices": measured["online"],
         "kib_per_connection": round(per["rss"] / 1024, 2),
@@ -672,6 +672,8 @@ async def floor(folder: Path, n: int, fleet: int, processes: int) -> dict[str, A
         "connect_s": connecting["seconds"],
         "connect_server_cpu_ms": connecting["server_cpu_ms_per_connect"],
         "connect_clients_cpu_ms": connecting["clients_cpu_ms_per_connect"],
+        "connect_failed": connecting["failed"],
+        "connect_failures": connecting["failures"],
     }
 
 

@@ -38,7 +38,8 @@ async def test_the_load_tester_runs_every_step_and_reports_every_figure(tmp_path
         assert isinstance(results[figure], float | int), figure
     results["floor"] = await run.floor(tmp_path, 40, fleet=200, processes=2)
     assert results["floor"]["devices"] == 40
-    assert results["floor"]["connect_devices"] == 200  # all connected, or floor() raises
+    assert results["floor"]["connect_devices"] == 200
+    assert results["floor"]["connect_failed"] == 0, results["floor"]["connect_failures"]
     for figure in (
         "kib_per_connection",
         "cpu_ms_per_connect",
