@@ -821,7 +821,7 @@ class Hub:
             # store: they hear of it once it is written.
             await self._fan_out_device(device.id, device=device, publish=False)
             try:
-                await self.store.update_device_report(device)
+                await self.writes.write_report(device)
             except Exception:
                 # Not stored: the consoles here go back to what is.
                 conn.device = known

@@ -47,6 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -935,23 +936,37 @@ class Store:
             last_seen_ms=now_ms(),
         )
 
-    async def update_device_report(self, device: Device) -> None:
-        """Write what the device reported (``reported``'s record); the rest of the
-        record is the caller's, read at authentication, and is not written."""
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(DeviceRow)
-                .where(DeviceRow.id == device.id)
-                .values(
-                    service_installed=device.service_installed,
-                    service_enabled=device.service_enabled,
-                    chat_services=_modes_text(device.chat_services),
-                    name=device.name,
-                    model=device.model,
-                    os=device.os,
-                    last_seen_ms=device.last_seen_ms,
-                )
-            )
+    @staticmethod
+    async def _write_reports(conn: AsyncConnection, devices: Sequence[Device]) -> None:
+        """What each device reported (``reported``'s record): the rest of each record
+        is the caller's, read at authentication, and is not written."""
+        rows = _table(DeviceRow)
+        await conn.execute(
+            update(rows)
+            .where(rows.c.id == bindparam("b_device"))
+            .values(
+                service_installed=bindparam("b_installed"),
+                service_enabled=bindparam("b_enabled"),
+                chat_services=bindparam("b_chat"),
+                name=bindparam("b_name"),
+                model=bindparam("b_model"),
+                os=bindparam("b_os"),
+                last_seen_ms=bindparam("b_seen"),
+            ),
+            [
+                {
+                    "b_device": d.id,
+                    "b_installed": d.service_installed,
+                    "b_enabled": d.service_enabled,
+                    "b_chat": _modes_text(d.chat_services),
+                    "b_name": d.name,
+                    "b_model": d.model,
+                    "b_os": d.os,
+                    "b_seen": d.last_seen_ms,
+                }
+                for d in devices
+            ],
+        )
 
     async def revoked_among(self, device_ids: Collection[str]) -> list[str]:
         """Which of these devices are revoked (the admin CLI revokes out of process).
@@ -1172,10 +1187,14 @@ class Store:
             return await db.get(NotificationRow, notification_id) is not None
 
     async def write_batch(
-        self, progress: Sequence[ProgressWrite], last_seen: Mapping[str, int]
+        self,
+        progress: Sequence[ProgressWrite],
+        last_seen: Mapping[str, int],
+        reports: Sequence[Device] = (),
     ) -> None:
-        """Notification progress and devices' last-seen times, in one transaction (one
-        executemany each): the write-behind's flush (signaling_server/writebehind.py).
+        """Notification progress, devices' last-seen times and status reports
+        (``update_device_reports``), in one transaction (one executemany each): the
+        write-behind's flush (signaling_server/writebehind.py).
 
         Both only move forward, whatever order batches land in: a state is written
         only over a lower one (a late ``delivered`` never undoes ``read``), and a
@@ -1188,6 +1207,10 @@ class Store:
             else_=-1,
         )
         async with self.engine.begin() as conn:
+            if reports:
+                # First: a report's last-seen time is its own, and a later one (the
+                # device left) in this batch must not be written over by it.
+                await self._write_reports(conn, reports)
             if progress:
                 await conn.execute(
                     update(targets)

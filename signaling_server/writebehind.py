@@ -13,6 +13,12 @@ What a crash can lose is written down in docs/scale.md ("Written behind"): only
 ``delivered`` acknowledgements and last-seen times of the last ``interval_s``. A
 caller that promised durability (a read or an answer, acknowledged to the device only
 once stored) passes ``durable=True`` and waits for its batch's commit.
+
+Status reports go the same way as a group commit (``write_report``): the first is
+written at once, those that arrive meanwhile together in the next transaction, and
+each caller waits for its own commit. A fleet connecting at 300 devices/s, each with
+a report that changed, held the connection pool with a transaction each, and timed
+out after 30 s (15,206 "store write failed" at 18,000 devices, measured).
 """
 
 from __future__ import annotations
@@ -20,11 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from protocol.enums import NotificationState
-from signaling_server.store import STATE_RANK, ProgressWrite, Store
+from signaling_server.store import STATE_RANK, Device, ProgressWrite, Store
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,14 @@ class _Progress:
     on_written: list[OnWritten] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Report:
+    device: Device
+    #: Every caller whose report this one is (a later report replaces an earlier one
+    #: not written yet: the device's latest state is what is stored).
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+
 class WriteBehindClosed(Exception):
     """A durable write asked for after the last flush (the server is stopping)."""
 
@@ -75,6 +89,8 @@ class WriteBehind:
         #: Device id -> last-seen time. Coalesced per device, so it holds at most one
         #: entry per device of the fleet, whatever the rate of disconnects.
         self._last_seen: dict[str, int] = {}
+        #: Device id -> its latest status report not written yet.
+        self._reports: dict[str, _Report] = {}
         self._flusher: asyncio.Task[None] | None = None
         #: Set by close(): no flush starts after it.
         self._closed = False
@@ -97,7 +113,7 @@ class WriteBehind:
 
     @property
     def pending(self) -> int:
-        return len(self._progress) + len(self._last_seen)
+        return len(self._progress) + len(self._last_seen) + len(self._reports)
 
     async def note_progress(
         self,
@@ -137,6 +153,23 @@ class WriteBehind:
         self._wake()
         if waiter is not None:
             await waiter
+
+    async def write_report(self, device: Device) -> None:
+        """Store what the device reported (``Store.reported``'s record) and return
+        once it is committed; raise if its write failed. Not delayed by
+        ``interval_s``: a flush starts at once if none is under way."""
+        if self._closed:
+            raise WriteBehindClosed("the server is stopping; the report was not stored")
+        item = self._reports.get(device.id)
+        if item is None:
+            item = self._reports[device.id] = _Report(device)
+        else:
+            item.device = device
+        waiter = asyncio.get_running_loop().create_future()
+        item.waiters.append(waiter)
+        self._full.set()
+        self._wake()
+        await waiter
 
     def touch(self, device_id: str, at_ms: int) -> None:
         """A device was last seen at ``at_ms`` (it left): written behind, a crash may
@@ -195,19 +228,24 @@ class WriteBehind:
         while self._last_seen and len(progress) + len(last_seen) < self.batch_max:
             device_id = next(iter(self._last_seen))
             last_seen[device_id] = self._last_seen.pop(device_id)
+        reports: list[_Report] = []
+        while self._reports and len(progress) + len(last_seen) + len(reports) < self.batch_max:
+            reports.append(self._reports.pop(next(iter(self._reports))))
+        size = len(progress) + len(last_seen) + len(reports)
         try:
-            await self.store.write_batch([p for p, _ in progress], last_seen)
-        except Exception:
-            log.exception(
-                "store write failed: a batch of %d items; writing them one by one",
-                len(progress) + len(last_seen),
+            await self.store.write_batch(
+                [p for p, _ in progress], last_seen, [r.device for r in reports]
             )
-            await self._write_one_by_one(progress, last_seen)
+        except Exception:
+            log.exception("store write failed: a batch of %d items; writing them one by one", size)
+            await self._write_one_by_one(progress, last_seen, reports)
             return
         finally:
             self._in_flight.clear()
         self.stats["transactions"] += 1
-        self.stats["items"] += len(progress) + len(last_seen)
+        self.stats["items"] += size
+        for report in reports:
+            _settle(report.waiters, None)
         for _, item in progress:
             await self._written(item, None)
 
@@ -215,22 +253,20 @@ class WriteBehind:
         self,
         progress: list[tuple[ProgressWrite, _Progress]],
         last_seen: dict[str, int],
+        reports: list[_Report],
     ) -> None:
         """A failed batch is not lost as a whole: each item gets its own transaction,
         and only the ones that fail again are dropped (logged; a durable caller hears
         of it)."""
+        for report in reports:
+            _settle(report.waiters, await self._write_alone([], {}, [report.device]))
         for write, item in progress:
             await self._written(item, await self._write_alone([write], {}))
         for device_id, at_ms in last_seen.items():
             await self._write_alone([], {device_id: at_ms})
 
     async def _written(self, item: _Progress, error: Exception | None) -> None:
-        for waiter in item.waiters:
-            if not waiter.done():
-                if error is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(error)
+        _settle(item.waiters, error)
         if error is not None:
             return
         for callback in item.on_written:
@@ -240,16 +276,30 @@ class WriteBehind:
                 log.exception("after a write-behind commit")
 
     async def _write_alone(
-        self, progress: list[ProgressWrite], last_seen: dict[str, int]
+        self,
+        progress: list[ProgressWrite],
+        last_seen: dict[str, int],
+        reports: Sequence[Device] = (),
     ) -> Exception | None:
         try:
-            await self.store.write_batch(progress, last_seen)
+            await self.store.write_batch(progress, last_seen, reports)
         except Exception as error:
             # Ids only: an answer's text is the user's, not the log's.
             what = [(p.notification_id, p.device_id, p.state.value) for p in progress]
-            log.exception("store write failed: %s %s", what or "", list(last_seen))
+            reported = [d.id for d in reports]
+            log.exception("store write failed: %s %s %s", what or "", list(last_seen), reported)
             self.stats["failed_items"] += 1
             return error
         self.stats["transactions"] += 1
         self.stats["items"] += 1
         return None
+
+
+def _settle(waiters: list[asyncio.Future[None]], error: Exception | None) -> None:
+    """Tell each caller waiting for a commit how it went."""
+    for waiter in waiters:
+        if not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -55,7 +55,7 @@ from protocol.messages import (
     SignalSdp,
     StatusReport,
 )
-from signaling_server.store import Device
+from signaling_server.store import Device, ProgressWrite
 from tests.conftest import Lab
 from tests.signaling_server.wire import (
     FINGERPRINT_A,
@@ -902,17 +902,22 @@ async def test_consoles_hear_a_report_before_it_is_written_and_are_put_back_if_i
         await wire.report(name="Before")
         console = await c.console("tech")
         await console.ok(DevicesSubscribe())
-        real = lab.store.update_device_report
+        real = lab.store.write_batch
         release = asyncio.Event()
         fail = True
 
-        async def held_then_failing(reported: Device) -> None:
-            await release.wait()  # the console must hear of it meanwhile
-            if fail:
-                raise RuntimeError("database went away")
-            await real(reported)
+        async def held_then_failing(
+            progress: Sequence[ProgressWrite],
+            last_seen: Mapping[str, int],
+            reports: Sequence[Device] = (),
+        ) -> None:
+            if reports:
+                await release.wait()  # the console must hear of it meanwhile
+                if fail:
+                    raise RuntimeError("database went away")
+            await real(progress, last_seen, reports)
 
-        monkeypatch.setattr(lab.store, "update_device_report", held_then_failing)
+        monkeypatch.setattr(lab.store, "write_batch", held_then_failing)
 
         def named(name: str) -> Callable[[DeviceUpdate], bool]:
             return lambda u: u.device.device_id == device.device_id and u.device.name == name
@@ -944,17 +949,22 @@ async def test_an_internal_failure_is_reported_and_the_connection_keeps_serving(
         device = await enrol(lab)
         wire = await c.device(device)
         other = await c.device(await enrol(lab))
-        real = lab.store.update_device_report
+        real = lab.store.write_batch
         calls = 0
 
-        async def failing_once(reported: Device) -> None:
+        async def failing_once(
+            progress: Sequence[ProgressWrite],
+            last_seen: Mapping[str, int],
+            reports: Sequence[Device] = (),
+        ) -> None:
             nonlocal calls
-            calls += 1
-            if calls == 1:
-                raise RuntimeError("database went away")
-            await real(reported)
+            if reports:
+                calls += 1
+                if calls <= 2:  # the batch, then the report alone
+                    raise RuntimeError("database went away")
+            await real(progress, last_seen, reports)
 
-        monkeypatch.setattr(lab.store, "update_device_report", failing_once)
+        monkeypatch.setattr(lab.store, "write_batch", failing_once)
         report = StatusReport(service_installed=True, service_enabled=True, name="Tablet")
         error = await wire.refused(report, ErrorCode.INTERNAL)
         assert "database" not in error.message  # internals stay on the server

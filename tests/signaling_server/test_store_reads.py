@@ -52,7 +52,7 @@ async def test_a_file_reads_on_the_loop_and_sees_each_commit_at_once(store: Stor
         model="Tablet",
         os="Android",
     )
-    await store.update_device_report(renamed)
+    await store.write_batch([], {}, [renamed])
     after = await store.device(device_id)
     assert after is not None
     assert after.name == "Renamed"

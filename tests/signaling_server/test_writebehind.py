@@ -4,6 +4,7 @@ server for what devices and consoles see."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text, update
 
+from bench.faults._restartable import insert_devices
 from protocol.enums import DeviceAck, NotificationState
 from protocol.messages import (
     NotifyAck,
@@ -242,3 +244,35 @@ async def test_last_seen_times_are_written_behind_and_flushed_at_shutdown(
         assert found.last_seen_ms > 1
     finally:
         await reopened.close()
+
+
+async def test_status_reports_are_a_group_commit_each_caller_back_after_its_own(
+    store: Store,
+) -> None:
+    """Reports are written at once (not after the interval, here never), those that
+    arrive together in one transaction; a caller returns only once its report is
+    stored."""
+    group = await store.create_group("Fleet")
+    ids = [device_id for device_id, _ in await insert_devices(store, group, 50)]
+    reported = []
+    for i, device_id in enumerate(ids):
+        device = await store.device(device_id)
+        assert device is not None
+        reported.append(
+            store.reported(
+                device,
+                service_installed=True,
+                service_enabled=True,
+                chat_services=(),
+                name=f"Reported {i}",
+                model="Tablet",
+                os="Android",
+            )
+        )
+    writes = WriteBehind(store, interval_s=NEVER_S, batch_max=10_000)
+    await asyncio.wait_for(asyncio.gather(*(writes.write_report(d) for d in reported)), 10)
+    # All 50 were queued before the flusher's first turn: one transaction.
+    assert writes.stats["transactions"] == 1
+    assert writes.stats["items"] == 50
+    names = {d.id: d.name for d in await store.devices()}
+    assert names == {d.id: d.name for d in reported}
