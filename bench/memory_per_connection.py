@@ -41,8 +41,10 @@ closed.
 
 Python's objects live in pymalloc's 1 MiB arenas, which go back to the system only
 once every object in them is gone; the C heap (OpenSSL, Python's objects over 512
-bytes) comes back with ``malloc_trim``. ``PYTHONMALLOC=malloc`` in the environment
-puts every Python object on the C heap, to compare.
+bytes) comes back with ``malloc_trim``. ``livesupport server`` runs with
+``PYTHONMALLOC=malloc`` (every Python object on the C heap; signaling_server/program.py),
+and so does each layer's server process here, unless ``PYTHONMALLOC`` is set (e.g.
+``pymalloc``, to compare) or ``--walk`` or ``--relocate``, which read pymalloc's pools.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ import tempfile
 import time
 import tracemalloc
 from collections import Counter
+from collections.abc import Iterator
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from typing import Any
@@ -72,7 +75,7 @@ from aiohttp import web
 
 from bench.faults._restartable import insert_devices, raise_open_files_limit, raw_private_key
 from bench.load.clients import CONNECTS_IN_FLIGHT, Worker, device_process
-from signaling_server import limits, tls
+from signaling_server import limits, program, tls
 from signaling_server.config import ServerConfig
 from signaling_server.store import Store
 
@@ -207,12 +210,17 @@ SMALL_REQUEST = 512
 _MANAGED_DICT = 1 << 4  # Py_TPFLAGS_MANAGED_DICT
 
 
+#: False under ``PYTHONMALLOC=malloc`` (or ``malloc_debug``): objects are on the C heap,
+#: and there are no pools to read (reading where one would be crashes).
+_USES_PYMALLOC = not os.environ.get("PYTHONMALLOC", "").startswith("malloc")
+
+
 def _arena_of(o: object) -> int | None:
     """The index of the pymalloc arena ``o`` sits in, or None when it is not in one
     (too big for pymalloc, or static). Read from its pool's header; a header whose
     size class does not fit the object is not a pool's, and gives None."""
     size = sys.getsizeof(o)
-    if size > SMALL_REQUEST - 32:
+    if size > SMALL_REQUEST - 32 or not _USES_PYMALLOC:
         return None
     pool = id(o) & ~(POOL_SIZE - 1)
     index, size_class, _, max_next = (ctypes.c_uint * 4).from_address(pool + _ARENAINDEX_AT)
@@ -904,7 +912,8 @@ async def _serve(pipe: Pipe, layer: str, data: Path, trace: bool) -> None:
             start_arenas = {id(o) >> 20 for o in _all_tracked()}
             start_pools_arenas = _arenas_of(_reachable())
             gc.collect()
-            start_walk_arenas = arenas_with_blocks()
+            if _USES_PYMALLOC:  # the walker reads pymalloc's pools; there are none
+                start_walk_arenas = arenas_with_blocks()
             if trace:
                 # Traced from here on: a block with a traceback was made after start-up.
                 tracemalloc.start(16)
@@ -1034,6 +1043,20 @@ async def _plain_clients(pipe: Pipe, layer: str, url: str, fingerprint: str, n: 
 # -- the orchestrator ---------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in this process's environment, for the processes it spawns."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = saved
+
+
 def _spawn(target: Any, *args: Any) -> tuple[multiprocessing.process.BaseProcess, Pipe]:
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
@@ -1080,8 +1103,15 @@ async def measure(
         shutil.rmtree(data)
     data.mkdir(parents=True)
     fleet = await _fleet(data, n) if layer == "server" else []
-    server, server_pipe = _spawn(server_process, layer, str(data), trace)
-    result: dict[str, Any] = {"layer": layer, "n": n, "trace": trace}
+    # The allocator ``livesupport server`` runs on (signaling_server/program.py), for
+    # every layer alike; the walker and --relocate read pymalloc's own pools, so keep
+    # it; a PYTHONMALLOC of the caller's stands.
+    allocator = os.environ.get(program.ALLOCATOR_VARIABLE) or (
+        "pymalloc" if walk or relocate else program.SERVER_ALLOCATOR
+    )
+    with _environment(program.ALLOCATOR_VARIABLE, allocator):
+        server, server_pipe = _spawn(server_process, layer, str(data), trace)
+    result: dict[str, Any] = {"layer": layer, "n": n, "trace": trace, "allocator": allocator}
     try:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, server_pipe.poll, 60)

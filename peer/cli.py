@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 #: subcommand -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "server": ("signaling_server.cli", "server_main", "run the signaling server"),
+    "server": ("signaling_server.program", "server_command", "run the signaling server"),
     "admin": ("signaling_server.cli", "admin_main", "technicians, groups, enrolment, revocation"),
     "agent": ("device_agent.cli", "main", "run the device agent (or enrol it)"),
     "console": ("tech_console.cli", "main", "run the technician console"),

@@ -80,6 +80,20 @@ TRIM_AFTER_LEAVING = 1000
 TRIM_MIN_LEFT = 100
 
 
+def resident_mib() -> float | None:
+    """The process's resident memory (MiB), for the log; None where /proc has none."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _mib(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0f}"
+
+
 def trim_heap(*, collect: bool = True) -> None:
     """Give the C heap's free pages back to the system (glibc's malloc_trim).
 
@@ -159,7 +173,11 @@ def renew_free_lists(makers: list[Callable[[], object]] | None = None) -> None:
             made.pop()
 
 
-def shrink(table: MutableSet[Any] | MutableMapping[Any, Any]) -> None:
+#: What ``shrink`` rebuilds.
+Table = MutableSet[Any] | MutableMapping[Any, Any]
+
+
+def shrink(table: Table) -> None:
     """Rebuild a set or dict in place at the size of what it holds now.
 
     A dict or set never shrinks when entries leave: one that held 18,000
@@ -180,6 +198,30 @@ def shrink(table: MutableSet[Any] | MutableMapping[Any, Any]) -> None:
         members = set(table)
         table.clear()
         table |= members
+
+
+def grown_tables(loop: asyncio.AbstractEventLoop, server: web.Server) -> list[Table]:
+    """The tables asyncio and aiohttp keep of every task, transport and connection:
+    they grow with a fleet and keep their size after it (``shrink``). With 18,000
+    connections, the weak set of every task (two a connection) keeps a 2 MiB table
+    once they are gone, and the loop's transports, its selector's descriptors and
+    aiohttp's connections ~0.6 MiB each (``sys.getsizeof`` of a set emptied of
+    36,000, a dict of 18,000). They are private attributes: one that is not there
+    (another Python, another loop) is left out."""
+    every_task = getattr(asyncio.tasks, "_all_tasks", None)  # asyncio.all_tasks()'
+    candidates = [
+        getattr(every_task, "data", None),  # a WeakSet's set of references
+        getattr(getattr(loop, "_transports", None), "data", None),  # WeakValueDictionary's
+        getattr(getattr(loop, "_selector", None), "_fd_to_key", None),
+        getattr(server, "_connections", None),
+    ]
+    found: list[Table] = [table for table in candidates if isinstance(table, set | dict)]
+    return found
+
+
+def shrink_all(tables: list[Table]) -> None:
+    for table in tables:
+        shrink(table)
 
 
 def count_open_files() -> int:
@@ -286,6 +328,12 @@ class OpenFilesGuard:
     after_fleet_left: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     SAMPLE_S = 5.0
+    #: After a fleet left, its memory is given back once more this long after the
+    #: first time (``settle``).
+    SETTLE_S = 10.0
+    #: When ``settle`` is due (monotonic), or None.
+    settle_at: float | None = None
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def for_this_process(cls) -> OpenFilesGuard:
@@ -365,9 +413,13 @@ class OpenFilesGuard:
         return max(self.websockets, tcp)
 
     async def watch(self) -> None:
+        """Sample every ``SAMPLE_S`` until ``stop``. Stopped between samples, never
+        cancelled inside one: a sample may be closing the store's pooled connections
+        (``drop_fleet_leftovers``), and a cancellation there left asyncpg's close half
+        done and logged by SQLAlchemy as an error (seen when a node stopped just as
+        its fleet had left)."""
         by_size = open_files_counted_by_size()
-        while True:
-            await asyncio.sleep(self.SAMPLE_S)
+        while not await self._stopped_within(self.SAMPLE_S):
             held = self.websockets
             if by_size:
                 self.sample(count_open_files(), held)
@@ -376,30 +428,69 @@ class OpenFilesGuard:
                 # every 5 s for every frame in flight.
                 counted = await asyncio.to_thread(count_open_files)
                 self.sample(counted, held)
-            if self.trim_if_left() and self.after_fleet_left:
-                await self.drop_fleet_leftovers()
+            await self.after_sample(time.monotonic())
 
-    async def drop_fleet_leftovers(self) -> None:
+    def stop(self) -> None:
+        """``watch`` returns once its sample in progress, if any, is done."""
+        self._stopping.set()
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def after_sample(self, now: float) -> None:
+        """What a sample may start: giving memory back (``trim_if_left``, then
+        ``drop_fleet_leftovers``), or its second time (``settle``)."""
+        if self.trim_if_left():
+            if self.after_fleet_left:
+                await self.drop_fleet_leftovers()
+            self.settle_at = now + self.SETTLE_S
+        elif self.settle_at is not None and now >= self.settle_at:
+            self.settle_at = None
+            await self.settle()
+
+    async def settle(self) -> None:
+        """Give back, a while after a fleet left, what it freed after the first time
+        (``drop_fleet_leftovers`` once more): the last-seen times of 18,000 devices
+        leaving at once are written in batches after it, through a new pool of the
+        store, whose connections fill their page caches; and a connection whose TLS
+        shutdown ended after that collection was frozen with it
+        (``FleetFreezer.collect_all``), garbage no other pass would see (measured at
+        18,000: 131 -> 88 MiB). Not while a new fleet is arriving: its own leaving
+        will do it."""
+        if self.held() < TRIM_MIN_LEFT:
+            await self.drop_fleet_leftovers(again=True)
+
+    async def drop_fleet_leftovers(self, *, again: bool = False) -> None:
         """After a fleet left: what it made that lives on is dropped (``after_fleet_left``:
         the store's pooled connections and compiled statements), then collected and
         the heap trimmed. Remade at their next use, they land in the arenas that
         stayed (see ``trim_if_left``)."""
-        started = time.perf_counter()
+        started, before = time.perf_counter(), resident_mib()
         for drop in self.after_fleet_left:
             try:
                 await drop()
             except Exception:  # memory is not worth a failure: the store works on
                 log.exception("dropping what a fleet left failed")
         self._collect_everything(self.held())
-        trim_heap(collect=False)
         # Refilled by the drops' own work (their awaits, the new pool's futures).
         renew_free_lists()
-        # Two arguments: with one, logging asks ``isinstance(arg, Mapping)``, whose
+        # Last: on the C heap (PYTHONMALLOC=malloc, the server's default) the
+        # renewal's thousands of objects are freed there too (measured with
+        # bench/memory_per_connection.py at 18,000: trimmed before it, 5 MiB more).
+        trim_heap(collect=False)
+        # More than one argument: with one, logging asks ``isinstance(arg, Mapping)``, whose
         # first answer for a type leaves ~160 weak references in the ABCs' caches,
         # kept for good and made now, after the trim, in arenas that would go back.
         log.info(
-            "what the fleet left dropped (%d held, %.0f ms)",
+            "what the fleet left dropped%s (%d held): %s -> %s MiB (%.0f ms)",
+            " again" if again else "",
             self.held(),
+            _mib(before),
+            _mib(resident_mib()),
             1000 * (time.perf_counter() - started),
         )
 
@@ -436,7 +527,7 @@ class OpenFilesGuard:
         left = self.peak - held
         if left < TRIM_AFTER_LEAVING and not (left >= TRIM_MIN_LEFT and left >= held):
             return False
-        started = time.perf_counter()
+        started, before = time.perf_counter(), resident_mib()
         self.peak = held
         # The full collection only once more have left than remain: a fleet leaving,
         # not the churn of a big one, whose collection would stall the loop in
@@ -451,10 +542,12 @@ class OpenFilesGuard:
         trim_heap(collect=False)
         log.info(
             "memory given back: %d connections gone, %d held; tables rebuilt, %s, heap "
-            "trimmed (%.0f ms)",
+            "trimmed: %s -> %s MiB (%.0f ms)",
             left,
             held,
             "full garbage collection" if collect else "no full collection",
+            _mib(before),
+            _mib(resident_mib()),
             1000 * (time.perf_counter() - started),
         )
         return collect
@@ -485,10 +578,17 @@ def freeze_start_up() -> None:
 OPEN_FILES = web.AppKey("open_files", OpenFilesGuard)
 
 
+#: How long a stop waits for the watcher's sample in progress.
+WATCH_STOP_S = 15.0
+
+
 async def watch_open_files(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: one task for the whole process re-counts the open files."""
-    task = asyncio.create_task(app[OPEN_FILES].watch(), name="open-files-watch")
+    guard = app[OPEN_FILES]
+    task = asyncio.create_task(guard.watch(), name="open-files-watch")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    guard.stop()
+    try:
+        await asyncio.wait_for(task, WATCH_STOP_S)
+    except TimeoutError:  # wait_for cancelled it: a sample stuck on a lost database
+        log.warning("the open-files watcher did not stop within %.0f s", WATCH_STOP_S)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import signal
@@ -64,7 +65,10 @@ class RunningServer:
         # aiohttp's count of the site's connections, closing ones included.
         connections = self.runner.server
         assert connections is not None
-        self.app[limits.OPEN_FILES].tcp_connections = lambda: len(connections.connections)
+        guard = self.app[limits.OPEN_FILES]
+        guard.tcp_connections = lambda: len(connections.connections)
+        tables = limits.grown_tables(asyncio.get_running_loop(), connections)
+        guard.before_trim.append(functools.partial(limits.shrink_all, tables))
         site = web.TCPSite(
             self.runner,
             config.host,

@@ -120,6 +120,17 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def rss_parts_kib(pid: int) -> dict[str, int]:
+    """The RSS by kind: anonymous (the heap, Python's arenas), file-backed (the
+    interpreter and libraries' code), shared memory."""
+    parts = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+            name, value = line.split(":")
+            parts[name[3:].lower()] = int(value.split()[0])
+    return parts
+
+
 def cpu_s(pid: int) -> float:
     """CPU time (user + system) the process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -425,6 +436,7 @@ async def measure(run: Run) -> dict[str, Any]:
         # Read at once: the devices are already on their way back.
         rss_restart = rss_kib(server.process.pid)
         r["server_rss_restart_kib"] = rss_restart
+        r["server_rss_restart_parts_kib"] = rss_parts_kib(server.process.pid)
         cpu_ready = cpu_s(server.process.pid)
         clients_ready = clients_cpu_s(workers)
         back = await asyncio.gather(
@@ -476,6 +488,7 @@ async def measure(run: Run) -> dict[str, Any]:
         r["tcp_connections_left"] = gone["tcp_connections"] - 1
         rss_left = await settled_rss(server.process.pid)
         r["server_rss_left_kib"] = rss_left
+        r["server_rss_left_parts_kib"] = rss_parts_kib(server.process.pid)
         # Against the restarted process at its start: the devices that came back
         # and left must not leave their memory behind.
         r["memory_back_ratio"] = round((rss_left - rss_restart) / rss_restart, 3)

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from peer.signaling import pinned, ws_url
 from signaling_server import limits
@@ -178,6 +179,30 @@ async def test_the_fleets_tables_are_compacted_before_the_heap_is_trimmed(lab: L
         await wire.report()  # answered: the connection is still the hub's
 
 
+async def test_asyncios_and_aiohttps_own_tables_are_compacted_too(lab: Lab) -> None:
+    """Every task's weak set, the loop's transports and its selector's descriptors,
+    aiohttp's connections: all four are found (a Python or aiohttp that renamed one
+    fails here, not in silence), and the watcher's compaction shrinks them."""
+    assert lab.server.app is not None
+    assert lab.server.runner is not None
+    assert lab.server.runner.server is not None
+    guard = lab.server.app[limits.OPEN_FILES]
+    loop = asyncio.get_running_loop()
+    assert len(limits.grown_tables(loop, lab.server.runner.server)) == 4
+    every_task: set[Any] = getattr(asyncio.tasks, "_all_tasks").data  # noqa: B009
+
+    async def fleet_of_tasks() -> None:
+        tasks = [asyncio.ensure_future(asyncio.sleep(0)) for _ in range(20_000)]
+        for task in tasks:
+            await task
+
+    await fleet_of_tasks()  # done and gone: the table stays as it grew
+    grown = sys.getsizeof(every_task)
+    for compact in guard.before_trim:
+        compact()
+    assert sys.getsizeof(every_task) < grown // 10
+
+
 async def test_the_server_issues_no_tls_session_tickets(lab: Lab) -> None:
     """Our clients never resume a TLS session: the server sends no TLS 1.3 tickets
     (work and bytes on every handshake for nothing)."""
@@ -323,6 +348,47 @@ def test_a_held_fleet_is_frozen_young_garbage_first_and_collected_once_it_left()
     assert (none_frozen, frozen, garbage_freed) == ("True", "True", "True")
     assert int(kept) == 150
     assert int(freed) == 150
+
+
+def test_memory_is_given_back_again_a_while_after_a_fleet_left_unless_a_new_one_came() -> None:
+    """In a process of its own (freezing is process-wide): a connection whose shutdown
+    ends after the fleet's collection was frozen by it; the second pass, ``SETTLE_S``
+    after the first and not before, frees it, and drops the store's pool again. If a
+    new fleet is arriving by then (``TRIM_MIN_LEFT`` held or more), the second pass is
+    not made: its own leaving will."""
+    code = (
+        "import asyncio, gc, weakref\n"
+        "from signaling_server import limits\n"
+        "class Conn:\n"
+        "    def __init__(self): self.me = self\n"
+        "def late_connection():\n"
+        "    late = Conn(); gc.freeze(); dead = weakref.ref(late)\n"
+        "    return late, dead\n"
+        "async def main():\n"
+        "    out = []\n"
+        "    for arriving in (0, limits.TRIM_MIN_LEFT):\n"
+        "        guard = limits.OpenFilesGuard(limit=100_000)\n"
+        "        guard.freezer = limits.FleetFreezer()\n"
+        "        guard.peak = 5_000\n"
+        "        drops = []\n"
+        "        async def drop(): drops.append(guard.websockets)\n"
+        "        guard.after_fleet_left.append(drop)\n"
+        "        await guard.after_sample(0.0)\n"  # the fleet left: first pass
+        "        late, dead = late_connection()\n"  # closed after it, frozen by it
+        "        del late\n"
+        "        guard.websockets = arriving\n"
+        "        await guard.after_sample(guard.SETTLE_S - 0.1)\n"
+        "        early = dead() is None\n"
+        "        await guard.after_sample(guard.SETTLE_S)\n"
+        "        out += [early, dead() is None, guard.settle_at, len(drops)]\n"
+        "        gc.unfreeze(); gc.collect()\n"
+        "    print(*out)\n"
+        "gc.disable()\n"
+        "asyncio.run(main())\n"
+    )
+    printed = _printed_by_own_process(code)
+    # The store's pool dropped again too (the fleet's last writes remade it).
+    assert printed == ["False", "True", "None", "2", "False", "False", "None", "1"]
 
 
 def test_shrinking_a_set_leaves_nothing_in_the_mapping_abcs_caches() -> None:
@@ -472,6 +538,35 @@ async def test_what_a_fleet_left_is_dropped_each_in_turn_and_a_failure_is_logged
         await guard.drop_fleet_leftovers()
     assert dropped == ["failing", "store"]
     assert "dropping what a fleet left failed" in caplog.text
+
+
+async def test_a_stop_waits_for_the_watchers_sample_instead_of_cancelling_it() -> None:
+    """The server's stop (the watcher's cleanup context) lets a sample in progress end:
+    cancelled while it closed the store's pooled connections, asyncpg's close was
+    left half done and logged as an error."""
+    guard = limits.OpenFilesGuard(limit=100_000)
+    guard.SAMPLE_S = 0.01
+    guard.peak = 5_000  # a fleet left: the first sample drops what it left
+    entered, release = asyncio.Event(), asyncio.Event()
+    closed: list[bool] = []
+
+    async def closing_the_pool() -> None:
+        entered.set()
+        await release.wait()
+        closed.append(True)
+
+    guard.after_fleet_left.append(closing_the_pool)
+    app = web.Application()
+    app[limits.OPEN_FILES] = guard
+    lifecycle = limits.watch_open_files(app)
+    await anext(lifecycle)  # started
+    await asyncio.wait_for(entered.wait(), 10)
+    stopping = asyncio.create_task(anext(lifecycle, None))
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # waits for the sample
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert closed == [True]
 
 
 async def test_the_store_works_on_with_new_connections_once_its_pool_is_dropped(
