@@ -25,12 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from protocol.enums import NotificationState
 from signaling_server.store import STATE_RANK, Device, ProgressWrite, Store
+
+Key = TypeVar("Key")
+Value = TypeVar("Value")
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,20 @@ PENDING_MAX = 20_000
 
 #: What to do once a write is committed (tell the sender's consoles).
 OnWritten = Callable[[], Awaitable[None]]
+
+
+def _take_oldest(pending: dict[Key, Value], room: int) -> tuple[dict[Key, Value], dict[Key, Value]]:
+    """Up to ``room`` of the oldest pending entries, and the rest. All of them, when
+    they fit: the pending dict itself, its table freed with the batch (a dict keeps
+    the table it grew to after its entries are deleted: 0.4 MiB after 18,000 devices
+    left at once, measured), and no entries deleted one by one from its front, where
+    each next first entry is found past every deleted one (~100 ms for 18,000)."""
+    if len(pending) <= room:
+        return pending, {}
+    taken = dict(itertools.islice(pending.items(), max(room, 0)))
+    for key in taken:
+        del pending[key]
+    return taken, pending
 
 
 @dataclass(slots=True)
@@ -92,6 +111,8 @@ class WriteBehind:
         #: Device id -> its latest status report not written yet.
         self._reports: dict[str, _Report] = {}
         self._flusher: asyncio.Task[None] | None = None
+        #: Callers of ``flush`` waiting: every pending item is written at once.
+        self._flushes = 0
         #: Set by close(): no flush starts after it.
         self._closed = False
         self._full = asyncio.Event()
@@ -179,9 +200,13 @@ class WriteBehind:
 
     async def flush(self) -> None:
         """Write everything pending now (and wait for a flush in progress)."""
-        while self._flusher is not None:
-            self._full.set()
-            await asyncio.shield(self._flusher)
+        self._flushes += 1
+        try:
+            while self._flusher is not None:
+                self._full.set()
+                await asyncio.shield(self._flusher)
+        finally:
+            self._flushes -= 1
 
     async def close(self) -> None:
         """Flush before the store closes (Hub.shutdown). Nothing starts a flush after
@@ -204,7 +229,9 @@ class WriteBehind:
     async def _run(self) -> None:
         try:
             while self.pending:
-                if not self._full.is_set():
+                # A full batch waiting (18,000 devices leaving at once) or a flush
+                # asked for: the next batch at once, not after the interval.
+                if not (self._full.is_set() or self._flushes or self.pending >= self.batch_max):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._full.wait(), self.interval_s)
                 self._full.clear()
@@ -217,20 +244,17 @@ class WriteBehind:
     async def _write_some(self) -> None:
         """One transaction of up to ``batch_max`` items, taken out of the pending ones
         first: what arrives while it is written goes into the next batch."""
-        progress: list[tuple[ProgressWrite, _Progress]] = []
-        while self._progress and len(progress) < self.batch_max:
-            key, item = next(iter(self._progress.items()))
-            del self._progress[key]
-            self._in_flight[key] = item
-            write = ProgressWrite(key[0], key[1], item.state, item.at_ms, item.answer)
-            progress.append((write, item))
-        last_seen: dict[str, int] = {}
-        while self._last_seen and len(progress) + len(last_seen) < self.batch_max:
-            device_id = next(iter(self._last_seen))
-            last_seen[device_id] = self._last_seen.pop(device_id)
-        reports: list[_Report] = []
-        while self._reports and len(progress) + len(last_seen) + len(reports) < self.batch_max:
-            reports.append(self._reports.pop(next(iter(self._reports))))
+        taken, self._progress = _take_oldest(self._progress, self.batch_max)
+        self._in_flight.update(taken)
+        progress = [
+            (ProgressWrite(key[0], key[1], item.state, item.at_ms, item.answer), item)
+            for key, item in taken.items()
+        ]
+        room = self.batch_max - len(progress)
+        last_seen, self._last_seen = _take_oldest(self._last_seen, room)
+        room -= len(last_seen)
+        taken_reports, self._reports = _take_oldest(self._reports, room)
+        reports = list(taken_reports.values())
         size = len(progress) + len(last_seen) + len(reports)
         try:
             await self.store.write_batch(

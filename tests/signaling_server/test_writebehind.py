@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -276,3 +277,24 @@ async def test_status_reports_are_a_group_commit_each_caller_back_after_its_own(
     assert writes.stats["items"] == 50
     names = {d.id: d.name for d in await store.devices()}
     assert names == {d.id: d.name for d in reported}
+
+
+async def test_a_fleet_leaving_at_once_is_written_in_batches_and_leaves_no_grown_table(
+    store: Store,
+) -> None:
+    """18,000 devices leaving at once leave 18,000 last-seen times: written in batches,
+    oldest first, every one of them; then the pending table is a small one again (a
+    dict keeps the table it grew to when its entries are deleted one by one)."""
+    group = await store.create_group("Fleet")
+    ids = [device_id for device_id, _ in await insert_devices(store, group, 2_500)]
+    writes = WriteBehind(store, interval_s=NEVER_S, batch_max=1_000)
+    empty_table = sys.getsizeof({})
+    for at_ms, device_id in enumerate(ids, 1_000):
+        writes.touch(device_id, at_ms)
+    await writes.flush()
+    assert writes.pending == 0
+    assert writes.stats["transactions"] == 3  # 1,000 + 1,000 + 500
+    assert sys.getsizeof(writes._last_seen) == empty_table
+    async with store.engine.connect() as conn:
+        stored = dict((await conn.execute(select(DeviceRow.id, DeviceRow.last_seen_ms))).all())
+    assert stored == {device_id: at_ms for at_ms, device_id in enumerate(ids, 1_000)}
