@@ -168,6 +168,12 @@ class Connection:
     closed: bool = False
     #: The last device.status sent on this connection (a device's own).
     status_sent: DeviceStatus | None = None
+    #: Snapshots of the devices being read for this console, and the device updates
+    #: held meanwhile (device id -> its latest frame), sent once they are out: a
+    #: snapshot read before a change was committed, sent after that change's update,
+    #: would undo it on the console.
+    snapshots: int = 0
+    held_updates: dict[str, str] | None = None
 
     @property
     def sender(self) -> Sender:
@@ -757,7 +763,12 @@ class Hub:
             return
         frame = SIGNALING.encode(DeviceUpdate(device=self._device_info(device)))
         for conn in watchers:
-            await self._send_encoded(conn, frame)
+            if conn.snapshots:
+                if conn.held_updates is None:
+                    conn.held_updates = {}
+                conn.held_updates[device.id] = frame
+            else:
+                await self._send_encoded(conn, frame)
 
     def _watchers_of(self, group_id: str) -> list[Connection]:
         return [*self._watch_all, *self._watchers.get(group_id, ())]
@@ -847,12 +858,22 @@ class Hub:
         tech = conn.technician
         assert tech is not None
         groups = None if tech.role is Role.ADMIN else sorted(tech.groups)
-        devices = await self.store.devices(groups)
-        infos = [self._device_info(d) for d in devices if not d.revoked]
-        parts = _split(infos, wire_size)
-        for index, part in enumerate(parts):
-            complete = index == len(parts) - 1
-            await self.send(conn, DevicesSnapshot(devices=tuple(part), complete=complete, rid=rid))
+        conn.snapshots += 1
+        try:
+            devices = await self.store.devices(groups)
+            infos = [self._device_info(d) for d in devices if not d.revoked]
+            parts = _split(infos, wire_size)
+            for index, part in enumerate(parts):
+                complete = index == len(parts) - 1
+                await self.send(
+                    conn, DevicesSnapshot(devices=tuple(part), complete=complete, rid=rid)
+                )
+        finally:
+            conn.snapshots -= 1
+        if not conn.snapshots and conn.held_updates:
+            held, conn.held_updates = conn.held_updates, None
+            for frame in held.values():
+                await self._send_encoded(conn, frame)
 
     async def _on_unsubscribe(self, conn: Connection, msg: DevicesUnsubscribe) -> None:
         conn.subscribed = False

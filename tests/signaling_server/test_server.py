@@ -129,6 +129,40 @@ async def test_a_device_cannot_start_a_session(lab: Lab) -> None:
         assert hub.sessions == {}
 
 
+async def test_a_change_committed_while_a_snapshot_is_read_is_not_undone_by_it(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot read before a status change was committed must not reach the
+    console after that change's update (it would undo it there): updates made while
+    a console's snapshot is read are sent after it. Found in CI: a device that came
+    back disabled showed as enabled on a console that subscribed at that moment."""
+    async with clients(lab) as c:
+        device = await enrol(lab)
+        device_wire = await c.device(device)
+        await device_wire.report(enabled=True)
+        viewer = await c.console("viewer")
+        read, release = asyncio.Event(), asyncio.Event()
+        read_devices = lab.store.devices
+
+        async def read_then_wait(groups: Sequence[str] | None) -> list[Device]:
+            devices = await read_devices(groups)  # before the change below
+            read.set()
+            await release.wait()
+            return devices
+
+        monkeypatch.setattr(lab.store, "devices", read_then_wait)
+        subscribing = asyncio.create_task(viewer.ok(DevicesSubscribe()))
+        await asyncio.wait_for(read.wait(), 5)
+        await device_wire.report(enabled=False)  # committed and fanned out meanwhile
+        release.set()
+        snapshot = await subscribing
+        assert isinstance(snapshot, DevicesSnapshot)
+        # Read before the change: not disabled.
+        assert [d.status is LiveSupportStatus.DISABLED for d in snapshot.devices] == [False]
+        assert viewer.pending(DeviceUpdate) == []  # nothing came before the snapshot
+        await device_update(viewer, device, LiveSupportStatus.DISABLED)
+
+
 # --- 2, 3. permission and scope, audited ----------------------------------------------
 
 
