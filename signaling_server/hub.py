@@ -870,10 +870,13 @@ class Hub:
                 )
         finally:
             conn.snapshots -= 1
-        if not conn.snapshots and conn.held_updates:
-            held, conn.held_updates = conn.held_updates, None
-            for frame in held.values():
-                await self._send_encoded(conn, frame)
+            # Taken out even when the snapshot failed: kept, they would go out after
+            # a later snapshot, older than it.
+            held = conn.held_updates if not conn.snapshots else None
+            if held is not None:
+                conn.held_updates = None
+        for frame in (held or {}).values():
+            await self._send_encoded(conn, frame)
 
     async def _on_unsubscribe(self, conn: Connection, msg: DevicesUnsubscribe) -> None:
         conn.subscribed = False

@@ -163,6 +163,44 @@ async def test_a_change_committed_while_a_snapshot_is_read_is_not_undone_by_it(
         await device_update(viewer, device, LiveSupportStatus.DISABLED)
 
 
+async def test_updates_held_for_a_snapshot_that_failed_never_follow_a_later_one(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot whose read fails drops the updates held for it: sent after the next
+    snapshot, they would be older than it."""
+    async with clients(lab) as c:
+        device = await enrol(lab)
+        device_wire = await c.device(device)
+        await device_wire.report(enabled=True)
+        viewer = await c.console("viewer")
+        read, release = asyncio.Event(), asyncio.Event()
+        read_devices = lab.store.devices
+
+        async def read_then_fail(groups: Sequence[str] | None) -> list[Device]:
+            read.set()
+            await release.wait()
+            raise RuntimeError("the store is gone")
+
+        monkeypatch.setattr(lab.store, "devices", read_then_fail)
+        failing = asyncio.create_task(viewer.request(DevicesSubscribe()))
+        await asyncio.wait_for(read.wait(), 5)
+        await device_wire.report(enabled=False)  # held for the snapshot
+        release.set()
+        assert isinstance(await failing, Error)
+        # Sent at once (no snapshot under way); enabled and idle is shown as this.
+        await device_wire.report(enabled=True)
+        await device_update(viewer, device, LiveSupportStatus.DISCONNECTED)
+        monkeypatch.setattr(lab.store, "devices", read_devices)
+        snapshot = await viewer.ok(DevicesSubscribe())
+        assert isinstance(snapshot, DevicesSnapshot)
+        assert [d.status for d in snapshot.devices] == [LiveSupportStatus.DISCONNECTED]
+        # Whatever the server sent after the snapshot is read once this one arrives.
+        await device_wire.report(enabled=True, name="After")
+        await viewer.expect(DeviceUpdate, where=lambda u: u.device.name == "After")
+        held_before = LiveSupportStatus.DISABLED
+        assert [u for u in viewer.pending(DeviceUpdate) if u.device.status is held_before] == []
+
+
 # --- 2, 3. permission and scope, audited ----------------------------------------------
 
 
